@@ -1,0 +1,34 @@
+# Two commands do all of the set-up: `make test` and `make demo`.
+# Both create .venv and install into it once; later runs only re-install when
+# pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# The torch build the suite is tested with. On a GPU cluster, override with the
+# CUDA build that matches the driver, e.g. make TORCH_SPEC="torch==2.14.1 torchvision==0.29.1".
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+QUIET := { grep -v 'is ignored' || true; }
+
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET)
+	$(PY) -m pip install -q $(TORCH_SPEC) 2>&1 | $(QUIET)
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/scaling demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

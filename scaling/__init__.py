@@ -1,0 +1,1 @@
+"""Scaling-study suite: one run (RunConfig -> model + data + engine -> run directory)."""

@@ -1,0 +1,92 @@
+"""The single command line, `scaling`: one thin subcommand per user action.
+
+Each subcommand parses, builds a RunConfig (or spec), and calls the library.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scaling.config import ConfigError, RunConfig
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="RunConfig YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. size=tiny data.frames=8 dino.local_crops=4")
+
+
+def _human(n: float, unit: str = "") -> str:
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {suffix}{unit}"
+    return f"{n:.0f} {unit}".rstrip()
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from scaling.describe import describe
+
+    cfg = RunConfig.load(args.config, args.overrides)
+    info = describe(cfg)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{cfg.method} size={cfg.size} drop_rate={cfg.drop_rate}")
+    print("params:")
+    for part, n in info["params"].items():
+        print(f"  {part:<18} {n:>14,}")
+    print(f"flops/sample (fwd+bwd): {_human(info['flops_per_sample'], 'FLOP')}")
+    for part, n in info["flops_per_sample_by_part"].items():
+        print(f"  {part:<18} {_human(n, 'FLOP')}")
+    print(f"total flops: {_human(info['total_flops'], 'FLOP')} over {info['samples']:,} samples ({info['steps']:,} steps)")
+    print("tokens per sample: " + ", ".join(f"{k}={v}" for k, v in info["tokens"].items()))
+    print(f"batch: {info['batch']['formula']} (micro x accumulation x world)"
+          + (f", negatives/positive {info['batch']['negatives_per_positive']}" if "negatives_per_positive" in info["batch"] else ""))
+    mem = info["memory_per_gpu"]
+    states = mem["model_states_bytes"]
+    print(f"memory/GPU (ZeRO-{mem['zero_stage']}, {mem['precision']}): params {_human(states['params'], 'B')}, "
+          f"grads {_human(states['grads'], 'B')}, optimizer {_human(states['optimizer'], 'B')}, "
+          f"activations ~{_human(mem['activations_bytes'], 'B')}; total ~{_human(mem['total_bytes'], 'B')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scaling.quickrun import quick_run
+
+    for method in ("vatt", "dino"):
+        cfg = RunConfig.load(args.config, [f"method={method}", *args.overrides]) if args.config else \
+            RunConfig.load(None, [f"method={method}", "steps=60", "dino.out_dim=1024", "dino.local_crops=4",
+                                  "global_batch=32", "micro_batch=32", "data.train_size=1024",
+                                  "data.eval_size=512", "data.num_workers=0", *args.overrides])
+        result = quick_run(cfg, log=print)
+        print(json.dumps({"method": method, **result}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scaling", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("describe", help="params, FLOPs, tokens, batch arithmetic and memory of a config")
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("demo", help="a short single run of each method on the synthetic clips")
+    _config_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"scaling: invalid config: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""One-run layer: `RunConfig`, the frozen, typed description of one training run.
+
+It is the only object passed between layers; a sweep trial is a set of dotted overrides on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from scaling.models.sizes import SIZES
+
+METHODS = ("vatt", "dino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCALINGS = ("linear", "sqrt", "none")
+DATA_SOURCES = ("synthetic", "manifest", "images")
+ZERO_STAGES = (0, 1, 2, 3)
+CLIP_MODES = ("global", "none")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what is allowed."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+# ----------------------------------------------------------------------------- checks
+def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"got {value!r}; allowed values: {', '.join(map(repr, allowed))}")
+
+
+def _positive(name: str, value: Any, *, integer: bool = True, allow_zero: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(name, f"got {value!r}; must be {'an integer' if integer else 'a number'}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(name, f"got {value!r}; must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _in_range(name: str, value: Any, lo: float, hi: float, *, hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"got {value!r}; must be a number")
+    ok = lo <= value < hi if hi_open else lo <= value <= hi
+    if not ok:
+        bracket = ")" if hi_open else "]"
+        raise ConfigError(name, f"got {value!r}; allowed range: [{lo}, {hi}{bracket}")
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DataConfig:
+    """Where clips come from and their geometry (shared by both methods, so comparisons are fair)."""
+
+    source: str = "synthetic"          # synthetic | manifest | images
+    path: str | None = None            # manifest .jsonl or image-folder root (train split)
+    eval_path: str | None = None       # the held-out split for k-NN / linear probes
+    num_classes: int = 10
+    train_size: int = 8192             # synthetic clips in the train split
+    eval_size: int = 1024              # synthetic clips in the eval split
+    difficulty: float = 0.5
+    frames: int = 8                    # video frames per clip (multiple of the 4-frame voxel)
+    resolution: int = 64               # pixels, multiple of the 16-pixel voxel
+    audio_samples: int = 4096          # waveform samples (multiple of the 128-sample patch)
+    sample_rate: int = 16000
+    fps: float = 10.0
+    captions: int = 4                  # MIL-NCE positives per clip
+    max_words: int = 16
+    vocab_size: int = 65536
+    num_workers: int = 2
+    seed: int = 0                      # the data set's own seed, fixed across runs of a study
+
+    def validate(self) -> None:
+        _choice("data.source", self.source, DATA_SOURCES)
+        if self.source != "synthetic" and not self.path:
+            raise ConfigError("data.path", f"data.source={self.source!r} needs a path (manifest .jsonl or image folder)")
+        for name in ("num_classes", "train_size", "eval_size", "frames", "resolution",
+                     "audio_samples", "sample_rate", "captions", "max_words", "vocab_size"):
+            _positive(f"data.{name}", getattr(self, name))
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+        _positive("data.seed", self.seed, allow_zero=True)
+        _positive("data.fps", self.fps, integer=False)
+        _in_range("data.difficulty", self.difficulty, 0.0, 1.0)
+        if self.num_classes < 2:
+            raise ConfigError("data.num_classes", f"got {self.num_classes}; need at least 2 classes")
+        if self.frames % 4:
+            raise ConfigError("data.frames", f"got {self.frames}; must be a multiple of the 4-frame voxel")
+        if self.resolution % 16:
+            raise ConfigError("data.resolution", f"got {self.resolution}; must be a multiple of the 16-pixel voxel")
+        if self.audio_samples % 128:
+            raise ConfigError("data.audio_samples", f"got {self.audio_samples}; must be a multiple of the 128-sample patch")
+
+
+@dataclass(frozen=True)
+class VATTConfig:
+    """VATT-specific choices; the video backbone size is the run's `size`."""
+
+    audio_size: str | None = None      # None: same as `size`
+    text_size: str | None = None       # None: same as `size`
+    shared_backbone: bool = False      # the modality-agnostic (MA) variant
+    va_dim: int = 512                  # video-audio common space
+    vt_dim: int = 256                  # video-text common space
+    temperature: float = 0.07
+    vt_weight: float = 1.0             # NCE : MIL-NCE = 1 : vt_weight
+    word_dim: int = 300                # word2vec-sized embeddings
+    freeze_word_embeddings: bool = True
+
+    def validate(self) -> None:
+        for name in ("audio_size", "text_size"):
+            value = getattr(self, name)
+            if value is not None:
+                _choice(f"vatt.{name}", value, tuple(SIZES))
+        _positive("vatt.va_dim", self.va_dim)
+        _positive("vatt.vt_dim", self.vt_dim)
+        _positive("vatt.word_dim", self.word_dim)
+        _positive("vatt.temperature", self.temperature, integer=False)
+        _positive("vatt.vt_weight", self.vt_weight, integer=False, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    """DINO-specific choices (defaults are the paper's, sizes scaled to the clip geometry)."""
+
+    input: str = "video"               # video: voxel crops of clips (same backbone as VATT); image: frames/images
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    local_crops: int = 8
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    local_resolution: int | None = None  # None: 96/224 of data.resolution, rounded to the voxel
+    local_frames: int | None = None      # None: half the clip, at least one voxel
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996
+    freeze_last_layer_epochs: float = 1.0
+    patch_size: int = 16               # image input only
+
+    def validate(self) -> None:
+        _choice("dino.input", self.input, ("video", "image"))
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim"):
+            _positive(f"dino.{name}", getattr(self, name))
+        _positive("dino.local_crops", self.local_crops, allow_zero=True)
+        for name in ("global_scale", "local_scale"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+                raise ConfigError(f"dino.{name}", f"got {lo_hi!r}; must be [lo, hi] with 0 < lo <= hi <= 1")
+        if self.local_resolution is not None:
+            _positive("dino.local_resolution", self.local_resolution)
+        if self.local_frames is not None:
+            _positive("dino.local_frames", self.local_frames)
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            _positive(f"dino.{name}", getattr(self, name), integer=False)
+        _positive("dino.warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs, allow_zero=True)
+        _in_range("dino.center_momentum", self.center_momentum, 0.0, 1.0)
+        _in_range("dino.momentum_teacher", self.momentum_teacher, 0.0, 1.0)
+        _positive("dino.freeze_last_layer_epochs", self.freeze_last_layer_epochs, integer=False, allow_zero=True)
+        _choice("dino.patch_size", self.patch_size, (8, 16))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation protocol, identical for both methods."""
+
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    every_steps: int = 0               # 0: only at the end
+    linear_probe: bool = True
+
+    def validate(self) -> None:
+        _positive("eval.knn_k", self.knn_k)
+        _positive("eval.knn_temperature", self.knn_temperature, integer=False)
+        _positive("eval.every_steps", self.every_steps, allow_zero=True)
+
+
+# Defaults that differ by method (None in RunConfig means "the method's default").
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # VATT: Adam, lr 1e-4, no weight decay, warmup + cosine (Akbari et al. 2021).
+    "vatt": dict(lr=1e-4, lr_scaling="none", weight_decay=0.0, weight_decay_end=0.0, clip_grad=0.0),
+    # DINO: lr 5e-4 x B/256, wd cosine 0.04 -> 0.4, clip 3.0 (Caron et al. 2021).
+    "dino": dict(lr=5e-4, lr_scaling="linear", weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run. Frozen; invalid values fail at construction."""
+
+    method: str = "vatt"
+    size: str = "nano"
+    drop_rate: float = 0.0             # fraction of video/audio tokens DROPPED in training
+    global_batch: int = 64             # samples per optimizer step, all ranks and micro-steps
+    micro_batch: int = 64              # samples per rank per forward/backward
+    world_size: int = 1                # ranks; accumulation = global / (micro x world)
+    steps: int | None = None           # exactly one of steps / samples
+    samples: int | None = None
+    lr: float | None = None            # base lr at lr_ref_batch; None: the method's default
+    lr_scaling: str | None = None      # linear (lr x B/ref) | sqrt | none
+    lr_ref_batch: int = 256
+    min_lr: float = 1e-6
+    warmup_fraction: float = 0.1       # of total steps
+    weight_decay: float | None = None
+    weight_decay_end: float | None = None
+    clip_grad: float | None = None     # global-norm clip (0: off)
+    drop_path: float = 0.1             # stochastic depth at the last block
+    seed: int = 0
+    zero_stage: int = 0
+    offload: bool = False              # ZeRO-3 only: optimizer + params on CPU
+    precision: str = "auto"            # auto: bf16 on GPU, fp32 on CPU
+    log_every: int = 10
+    checkpoint_every: int = 0          # optimizer steps between saves (0: at the end only)
+    data: DataConfig = field(default_factory=DataConfig)
+    vatt: VATTConfig = field(default_factory=VATTConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        for key, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        _choice("size", self.size, tuple(SIZES))
+        _in_range("drop_rate", self.drop_rate, 0.0, 1.0, hi_open=True)
+        _positive("global_batch", self.global_batch)
+        _positive("micro_batch", self.micro_batch)
+        _positive("world_size", self.world_size)
+        if self.global_batch % (self.micro_batch * self.world_size):
+            raise ConfigError(
+                "global_batch",
+                f"got {self.global_batch}; must be a multiple of micro_batch x world_size "
+                f"= {self.micro_batch} x {self.world_size} = {self.micro_batch * self.world_size}")
+        if (self.steps is None) == (self.samples is None):
+            raise ConfigError("steps", "set exactly one of steps or samples "
+                                       f"(got steps={self.steps!r}, samples={self.samples!r})")
+        if self.steps is not None:
+            _positive("steps", self.steps)
+        else:
+            _positive("samples", self.samples)
+            if self.samples % self.global_batch:
+                raise ConfigError("samples", f"got {self.samples}; must be a multiple of global_batch="
+                                             f"{self.global_batch} so every run sees exactly that many samples")
+        _positive("lr", self.lr, integer=False)
+        _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _positive("lr_ref_batch", self.lr_ref_batch)
+        _positive("min_lr", self.min_lr, integer=False, allow_zero=True)
+        _in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0, hi_open=True)
+        _positive("weight_decay", self.weight_decay, integer=False, allow_zero=True)
+        _positive("weight_decay_end", self.weight_decay_end, integer=False, allow_zero=True)
+        _positive("clip_grad", self.clip_grad, integer=False, allow_zero=True)
+        _in_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        _positive("seed", self.seed, allow_zero=True)
+        _choice("zero_stage", self.zero_stage, ZERO_STAGES)
+        if self.offload and self.zero_stage != 3:
+            raise ConfigError("offload", f"CPU offload needs zero_stage=3 (got zero_stage={self.zero_stage})")
+        _choice("precision", self.precision, PRECISIONS)
+        _positive("log_every", self.log_every)
+        _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        self.data.validate()
+        self.vatt.validate()
+        self.dino.validate()
+        self.eval.validate()
+        if self.method == "vatt" and self.data.source == "images":
+            raise ConfigError("data.source", "VATT needs clips with audio and captions; "
+                                             "allowed for method=vatt: 'synthetic', 'manifest'")
+        if self.method == "dino" and self.dino.input == "video" and self.data.source == "images":
+            raise ConfigError("dino.input", "data.source='images' has no clips; set dino.input='image'")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def accumulation(self) -> int:
+        return self.global_batch // (self.micro_batch * self.world_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.samples // self.global_batch
+
+    @property
+    def total_samples(self) -> int:
+        return self.total_steps * self.global_batch
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate after the batch-scaling rule."""
+        ratio = self.global_batch / self.lr_ref_batch
+        return self.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[self.lr_scaling]
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the train split (DINO's schedules are per epoch)."""
+        return self.total_samples / self.data.train_size
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        return _build(cls, raw, prefix="")
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "RunConfig":
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError("config", f"the YAML must be a mapping of fields, got {type(raw).__name__}")
+        return cls.from_dict(raw)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "RunConfig":
+        """A YAML file (optional) plus dotted `key=value` overrides."""
+        raw: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError("config", f"no such config file: {p}")
+            raw = yaml.safe_load(p.read_text()) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError("config", f"{p} must hold a mapping of fields")
+        return cls.from_dict(apply_overrides(raw, overrides))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A new config with dotted-key changes, validated again."""
+        return RunConfig.from_dict(apply_overrides(self.to_dict(), [f"{k}={_yaml_value(v)}" for k, v in changes.items()]))
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _number_or_self(value: Any) -> Any:
+    """YAML 1.1 reads `3e-4` (no dot) as a string; read such strings as the numbers they are."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", f"must be a mapping, got {raw!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown field; allowed fields: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        sub = _SECTIONS.get(known[name].type) if isinstance(known[name].type, str) else None
+        if sub is not None:
+            kwargs[name] = _build(sub, value or {}, prefix=f"{prefix}{name}.")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = _number_or_self(value)
+    return cls(**kwargs)
+
+
+_SECTIONS = {"DataConfig": DataConfig, "VATTConfig": VATTConfig, "DINOConfig": DINOConfig, "EvalConfig": EvalConfig}
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b=value` strings (values parsed as YAML) to a nested dict, returning a copy."""
+    out = _plain(dict(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("override", f"{item!r} is not of the form key=value (e.g. size=tiny, data.frames=8)")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError("override", f"{item!r} has an empty key")
+        value = _number_or_self(yaml.safe_load(text)) if text.strip() else None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(key, f"{part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out

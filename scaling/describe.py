@@ -1,0 +1,215 @@
+"""One-run layer: the cost of a RunConfig without training it: parameters by part, analytic
+FLOPs per sample (DropToken and multi-crop counted), tokens, batch arithmetic, memory per GPU.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from scaling.config import RunConfig
+from scaling.losses import negatives_per_positive
+from scaling.models import build_model, crop_geometry
+from scaling.models.sizes import SIZES, Size
+from scaling.models.tokenizers import AUDIO_PATCH, VOXEL, kept_tokens
+
+VOXEL_DIM = 3 * VOXEL[0] * VOXEL[1] * VOXEL[2]
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def transformer_flops(size: Size, tokens: int) -> int:
+    """Forward matmul FLOPs of one sequence of `tokens` (+1 CLS) through the blocks.
+
+    Per layer: qkv 3d^2, projection d^2 and the two MLP maps 2dm, each 2 FLOPs per multiply-add
+    per token; attention scores and the weighted sum 2 x 2 n^2 d.
+    """
+    n, d, m = tokens + 1, size.width, size.mlp
+    per_layer = 2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d
+    return size.layers * per_layer
+
+
+def linear_flops(rows: int, fan_in: int, fan_out: int) -> int:
+    return 2 * rows * fan_in * fan_out
+
+
+def _train(fwd: int, first_layer: int = 0) -> int:
+    """Forward + backward: the backward costs two forwards, except the first layer, whose input
+    needs no gradient (only its weight gradient is computed)."""
+    return 3 * fwd - first_layer
+
+
+def video_grid(frames: int, resolution: int) -> int:
+    return (frames // VOXEL[0]) * (resolution // VOXEL[1]) * (resolution // VOXEL[2])
+
+
+def _vatt_costs(cfg: RunConfig) -> dict[str, Any]:
+    d, v = cfg.data, cfg.vatt
+    sv, sa, st = SIZES[cfg.size], SIZES[v.audio_size or cfg.size], SIZES[v.text_size or cfg.size]
+    nv_full, na_full = video_grid(d.frames, d.resolution), d.audio_samples // AUDIO_PATCH
+    nv, na = kept_tokens(nv_full, cfg.drop_rate), kept_tokens(na_full, cfg.drop_rate)
+    nt, k = d.max_words, d.captions
+    tok_v = linear_flops(nv, VOXEL_DIM, sv.width)
+    tok_a = linear_flops(na, AUDIO_PATCH, sa.width)
+    tok_t = linear_flops(nt * k, v.word_dim, st.width)
+    video = _train(tok_v + transformer_flops(sv, nv), tok_v)
+    audio = _train(tok_a + transformer_flops(sa, na), tok_a)
+    text = _train(tok_t + k * transformer_flops(st, nt), tok_t)
+    heads = _train(linear_flops(1, sv.width, v.va_dim) + linear_flops(1, v.va_dim, v.va_dim)
+                   + linear_flops(1, sa.width, v.va_dim) + linear_flops(1, v.va_dim, v.vt_dim)
+                   + linear_flops(k, st.width, v.vt_dim))
+    negatives = cfg.micro_batch * cfg.world_size
+    loss = _train(2 * negatives * v.va_dim + 2 * negatives * k * v.vt_dim)
+    return {
+        "flops": {"video": video, "audio": audio, "text": text, "heads": heads, "loss": loss},
+        "tokens": {"video": nv, "audio": na, "text": nt * k,
+                   "video_full": nv_full, "audio_full": na_full},
+        "eval_flops_per_sample": tok_v + transformer_flops(sv, nv_full),
+    }
+
+
+def _dino_costs(cfg: RunConfig) -> dict[str, Any]:
+    c, s = cfg.dino, SIZES[cfg.size]
+    geo = crop_geometry(cfg)
+    if c.input == "video":
+        n_global = video_grid(geo["global_frames"], geo["global_resolution"])
+        n_local = video_grid(geo["local_frames"], geo["local_resolution"])
+        patch_dim = VOXEL_DIM
+    else:
+        n_global = (geo["global_resolution"] // c.patch_size) ** 2
+        n_local = (geo["local_resolution"] // c.patch_size) ** 2
+        patch_dim = 3 * c.patch_size ** 2
+    # Only the student drops tokens; the teacher sees whole global crops.
+    sg, sl = kept_tokens(n_global, cfg.drop_rate), kept_tokens(n_local, cfg.drop_rate)
+    # Image ViT's positions are interpolated per crop; CLS takes part like every other token.
+    tok = lambda n: linear_flops(n, patch_dim, s.width)  # noqa: E731
+    head = (linear_flops(1, s.width, c.hidden_dim) + linear_flops(1, c.hidden_dim, c.hidden_dim)
+            + linear_flops(1, c.hidden_dim, c.bottleneck_dim) + linear_flops(1, c.bottleneck_dim, c.out_dim))
+    student_fwd = 2 * (tok(sg) + transformer_flops(s, sg)) + c.local_crops * (tok(sl) + transformer_flops(s, sl))
+    student = _train(student_fwd, 2 * tok(sg) + c.local_crops * tok(sl))
+    student_head = _train((2 + c.local_crops) * head)
+    teacher = 2 * (tok(n_global) + transformer_flops(s, n_global) + head)
+    return {
+        "flops": {"student_backbone": student, "student_head": student_head, "teacher": teacher},
+        "tokens": {"global_crop": sg, "local_crop": sl, "teacher_global_crop": n_global,
+                   "crops": 2 + c.local_crops, "student_total": 2 * sg + c.local_crops * sl},
+        "crops": geo,
+        "eval_flops_per_sample": tok(n_global) + transformer_flops(s, n_global),
+    }
+
+
+# ----------------------------------------------------------------------------- params
+def count_params(cfg: RunConfig) -> dict[str, int]:
+    """Exact parameter counts by part, from the real module built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    parts: dict[str, int] = {}
+
+    def add(name: str, module: torch.nn.Module, seen: set[int]) -> None:
+        n = 0
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        if n:
+            parts[name] = n
+
+    seen: set[int] = set()
+    if cfg.method == "vatt":
+        if cfg.vatt.shared_backbone:
+            add("shared_backbone", model.video.transformer, seen)
+        add("word_embeddings", model.text.tokenizer.embed, seen)
+        for name in ("video", "audio", "text"):
+            add(f"{name}_backbone", getattr(model, name), seen)
+        add("heads", model.heads, seen)
+    else:
+        add("backbone", model.student.backbone, seen)
+        add("head", model.student.head, seen)
+        add("teacher", model.teacher, seen)
+    parts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    parts["frozen"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    parts["total"] = parts["trainable"] + parts["frozen"]
+    return parts
+
+
+# ----------------------------------------------------------------------------- memory
+def resolved_precision(cfg: RunConfig, device: str | None = None) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return "bf16" if device == "cuda" else "fp32"
+
+
+def model_state_bytes(trainable: int, frozen: int, stage: int, world: int, precision: str,
+                      offload: bool = False) -> dict[str, float]:
+    """Per-rank bytes of parameters, gradients and optimizer state (ZeRO paper, Rajbhandari et al.).
+
+    Mixed precision (bf16/fp16): 2 bytes of params and grads, K = 12 bytes of fp32 master copy,
+    Adam momentum and variance. fp32: 4 + 4 bytes and K = 8 (no master copy).
+    Stage 1 partitions the optimizer state, stage 2 also the gradients, stage 3 also the params.
+    """
+    half = precision in ("bf16", "fp16")
+    p_bytes, g_bytes, k_bytes = (2, 2, 12) if half else (4, 4, 8)
+    n = max(world, 1)
+    params = (trainable + frozen) * p_bytes / (n if stage >= 3 else 1)
+    grads = trainable * g_bytes / (n if stage >= 2 else 1)
+    optim = trainable * k_bytes / (n if stage >= 1 else 1)
+    out = {"params": params, "grads": grads, "optimizer": optim}
+    if offload:
+        out["cpu_offloaded"] = params + optim
+        out["params"], out["optimizer"] = 0.0, 0.0
+    out["total"] = out["params"] + out["grads"] + out["optimizer"]
+    return out
+
+
+def activation_bytes(cfg: RunConfig, token_layers: float, precision: str) -> float:
+    """Rough activation memory of one micro-batch: ~17 saved values per token, width unit and layer
+    (Korthikanti et al. 2022, with fused attention removing the n^2 term)."""
+    elem = 2 if precision in ("bf16", "fp16") else 4
+    return 17 * elem * cfg.micro_batch * token_layers
+
+
+def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
+    costs = _vatt_costs(cfg) if cfg.method == "vatt" else _dino_costs(cfg)
+    params = count_params(cfg)
+    flops = costs["flops"]
+    per_sample = sum(flops.values())
+    precision = resolved_precision(cfg, device)
+    states = model_state_bytes(params["trainable"], params["frozen"], cfg.zero_stage, cfg.world_size,
+                               precision, cfg.offload)
+    s = SIZES[cfg.size]
+    if cfg.method == "vatt":
+        t = costs["tokens"]
+        sv, sa, st = s, SIZES[cfg.vatt.audio_size or cfg.size], SIZES[cfg.vatt.text_size or cfg.size]
+        token_layers = (t["video"] * sv.layers * sv.width + t["audio"] * sa.layers * sa.width
+                        + t["text"] * st.layers * st.width)
+    else:
+        token_layers = costs["tokens"]["student_total"] * s.layers * s.width
+    activations = activation_bytes(cfg, token_layers, precision)
+    batch = {"global_batch": cfg.global_batch, "micro_batch": cfg.micro_batch,
+             "accumulation": cfg.accumulation, "world_size": cfg.world_size,
+             "formula": f"{cfg.micro_batch} x {cfg.accumulation} x {cfg.world_size} = {cfg.global_batch}"}
+    if cfg.method == "vatt":
+        batch["negatives_per_positive"] = negatives_per_positive(cfg.micro_batch, cfg.world_size)
+    out = {
+        "method": cfg.method,
+        "size": cfg.size,
+        "drop_rate": cfg.drop_rate,
+        "params": params,
+        "flops_per_sample": per_sample,
+        "flops_per_sample_by_part": flops,
+        "eval_flops_per_sample": costs["eval_flops_per_sample"],
+        "flops_per_step": per_sample * cfg.global_batch,
+        "total_flops": per_sample * cfg.total_samples,
+        "steps": cfg.total_steps,
+        "samples": cfg.total_samples,
+        "tokens": costs["tokens"],
+        "batch": batch,
+        "memory_per_gpu": {
+            "precision": precision, "zero_stage": cfg.zero_stage, "offload": cfg.offload,
+            "model_states_bytes": states, "activations_bytes": activations,
+            "total_bytes": states["total"] + activations,
+        },
+    }
+    if "crops" in costs:
+        out["crops"] = costs["crops"]
+    return out

@@ -1,0 +1,138 @@
+"""One-run layer: the training objectives. NCE (video-audio) and MIL-NCE (video-text) with
+negatives gathered across ranks, and DINO's self-distillation loss with a separately updated centre.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from scaling.distributed import gather_with_grad, is_distributed
+
+
+def nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Symmetric InfoNCE between paired rows of x and y (B, D), L2-normalised.
+
+    Negatives are every other row of the global batch: rows are all-gathered across ranks with
+    gradient to the local part. Equals the mean of the cross-entropy of the similarity matrix
+    (positives on the diagonal) over rows and over columns.
+    """
+    x = gather_with_grad(F.normalize(x, dim=-1))
+    y = gather_with_grad(F.normalize(y, dim=-1))
+    logits = x @ y.t() / temperature
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """Symmetric MIL-NCE: x (B, D) against a bag of K positives y (B, K, D), L2-normalised.
+
+    x -> y: -log( sum_k e^{s(x_i, y_ik)} / sum_{j,k} e^{s(x_i, y_jk)} ).
+    y -> x: for each bag, -log( sum_k e^{s(y_ik, x_i)} / sum_k sum_j e^{s(y_ik, x_j)} ).
+    With K = 1 both reduce to the two directions of `nce_loss`.
+    """
+    b, k, _ = y.shape
+    x = gather_with_grad(F.normalize(x, dim=-1))
+    y = gather_with_grad(F.normalize(y, dim=-1))
+    n = x.shape[0]
+    sim = torch.einsum("id,jkd->ijk", x, y) / temperature        # (N, N, K)
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    positives = sim[eye]                                           # (N, K)
+    x_to_y = torch.logsumexp(sim.reshape(n, n * k), dim=1) - torch.logsumexp(positives, dim=1)
+    # y -> x: bag i's captions against every video j; sim[j, i, k] laid out as [i, (k, j)].
+    y_to_x = torch.logsumexp(sim.permute(1, 2, 0).reshape(n, k * n), dim=1) - torch.logsumexp(positives, dim=1)
+    return 0.5 * (x_to_y.mean() + y_to_x.mean())
+
+
+def negatives_per_positive(micro_batch: int, world: int) -> int:
+    """In-batch negatives each positive pair is contrasted with (per direction).
+
+    Negatives come from one forward pass across ranks, so under gradient accumulation they are
+    micro_batch x world - 1, not the optimizer batch.
+    """
+    return micro_batch * world - 1
+
+
+class DINOLoss(nn.Module):
+    """DINO's cross-entropy between the sharpened, centred teacher and the student.
+
+    Official constructor and call: forward(student_output, teacher_output, epoch). The centre is
+    *not* changed by forward: forward stages the teacher outputs, and `update_center()` applies the
+    EMA (all-reduced across ranks) once per optimizer step, over every micro-batch staged since.
+    """
+
+    def __init__(self, out_dim: int, ncrops: int, warmup_teacher_temp: float, teacher_temp: float,
+                 warmup_teacher_temp_epochs: int, nepochs: int, student_temp: float = 0.1,
+                 center_momentum: float = 0.9):
+        super().__init__()
+        self.out_dim = out_dim
+        self.ncrops = ncrops
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.nepochs = nepochs
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.register_buffer("_staged_sum", torch.zeros(1, out_dim), persistent=False)
+        self.register_buffer("_staged_count", torch.zeros(()), persistent=False)
+
+    def teacher_temp_at(self, epoch: float) -> float:
+        """Linear warm-up over warmup_teacher_temp_epochs (as DINO's linspace), then constant.
+
+        Fractional epochs interpolate, so short runs measured in steps get a smooth schedule.
+        """
+        w = self.warmup_teacher_temp_epochs
+        if epoch >= w:
+            return self.teacher_temp
+        if w == 1:
+            return self.warmup_teacher_temp
+        frac = min(epoch / (w - 1), 1.0)
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * frac
+
+    def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, epoch: float) -> torch.Tensor:
+        student = (student_output / self.student_temp).chunk(self.ncrops)
+        temp = self.teacher_temp_at(epoch)
+        teacher = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
+        total, pairs = 0.0, 0
+        for iq, q in enumerate(teacher):
+            for v, s in enumerate(student):
+                if v == iq:
+                    continue  # the same view seen by both networks is not a pair
+                total = total + torch.sum(-q * F.log_softmax(s, dim=-1), dim=-1).mean()
+                pairs += 1
+        self.stage_center(teacher_output)
+        return total / pairs
+
+    @torch.no_grad()
+    def stage_center(self, teacher_output: torch.Tensor) -> None:
+        self._staged_sum += teacher_output.detach().float().sum(dim=0, keepdim=True)
+        self._staged_count += teacher_output.shape[0]
+
+    @torch.no_grad()
+    def update_center(self) -> None:
+        """center <- m * center + (1 - m) * mean teacher output over all staged rows of all ranks."""
+        if float(self._staged_count) == 0:
+            return
+        total = torch.cat([self._staged_sum.flatten(), self._staged_count.reshape(1)])
+        if is_distributed():
+            dist.all_reduce(total)
+        batch_center = (total[:-1] / total[-1]).reshape(1, -1).to(self.center.dtype)
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        self._staged_sum.zero_()
+        self._staged_count.zero_()
+
+
+def cosine_schedule(start: float, end: float, step: float, total: float, warmup: float = 0,
+                    warmup_start: float = 0.0) -> float:
+    """Linear warm-up from warmup_start to start over `warmup` steps, then cosine from start to end."""
+    if warmup > 0 and step < warmup:
+        return warmup_start + (start - warmup_start) * step / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
+
+

@@ -1,0 +1,122 @@
+"""One-run layer: DINO (Caron et al. 2021): the projection head, the multi-crop wrapper, and the
+student/teacher pair, on either the shared video backbone or an image ViT.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaling.models.vit import DropPath, init_weights
+
+
+class WeightNormLinear(nn.Module):
+    """Linear without bias whose weight is g * v / ||v|| (row-wise), as torch's weight_norm.
+
+    Computed inside forward (not in a hook), so ZeRO-3 gathers weight_g / weight_v like any other
+    parameter. The names match the official DINO head (last_layer.weight_g, last_layer.weight_v).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+        return F.linear(x, weight)
+
+
+class DINOHead(nn.Module):
+    """3-layer MLP (GELU) to a bottleneck, L2 normalisation, then a weight-normed linear layer.
+
+    With norm_last_layer the weight-norm gain stays fixed at 1 (not trained), as in DINO.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 norm_last_layer: bool = True):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp.apply(init_weights)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
+        if norm_last_layer:
+            self.last_layer.weight_g.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+
+
+class MultiCropWrapper(nn.Module):
+    """Runs the backbone once per run of same-shaped crops, then the head on all features."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if isinstance(crops, torch.Tensor):
+            crops = [crops]
+        feats, start = [], 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[1:] == crops[start].shape[1:]:
+                end += 1
+            feats.append(self.backbone(torch.cat(crops[start:end], dim=0)))
+            start = end
+        return self.head(torch.cat(feats, dim=0))
+
+
+class DINO(nn.Module):
+    """Student and EMA teacher with identical architecture; the teacher has no gradients.
+
+    Both live in one module so that an engine (e.g. ZeRO-3) partitions them the same way, letting
+    the EMA update run partition by partition.
+    """
+
+    def __init__(self, backbone: nn.Module, width: int, *, out_dim: int = 65536, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, norm_last_layer: bool = True):
+        super().__init__()
+        head = DINOHead(width, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
+        self.student = MultiCropWrapper(backbone, head)
+        # The teacher sees every token and no stochastic depth: a deep copy made before any
+        # training, switched to eval mode for good.
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        _set_drop_path(self.teacher, 0.0)
+        if hasattr(self.teacher.backbone, "drop_rate"):
+            self.teacher.backbone.drop_rate = 0.0
+
+    def train(self, mode: bool = True) -> "DINO":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone feature used for evaluation: the teacher's, as DINO evaluates."""
+        return self.teacher.backbone(x)
+
+    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """crops: 2 global views then the local ones. Returns (student_out, teacher_out)."""
+        with torch.no_grad():
+            teacher_out = self.teacher(crops[:2])
+        return self.student(crops), teacher_out
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student, parameter by parameter."""
+        for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
+            pt.mul_(momentum).add_(ps.detach().to(pt.dtype), alpha=1.0 - momentum)
+
+
+def _set_drop_path(module: nn.Module, p: float) -> None:
+    for m in module.modules():
+        if isinstance(m, DropPath):
+            m.p = p

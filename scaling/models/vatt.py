@@ -1,0 +1,100 @@
+"""One-run layer: VATT (Akbari et al. 2021): video, audio and text transformers on raw signals,
+modality-specific or modality-agnostic (one shared encoder), and the FAC projection heads.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scaling.distributed import SyncBatchNorm1d
+from scaling.models.sizes import SIZES
+from scaling.models.tokenizers import AUDIO_PATCH, VOXEL, VoxelTokenizer, WaveformTokenizer, WordTokenizer
+from scaling.models.vit import Transformer
+
+
+def transformer_of(size: str, drop_path: float = 0.0) -> Transformer:
+    s = SIZES[size]
+    return Transformer(s.layers, s.width, s.heads, s.mlp, drop_path)
+
+
+class ModalityEncoder(nn.Module):
+    """Tokenizer + transformer -> the pooled (aggregation-token) feature.
+
+    DropToken applies only in training mode; evaluation always sees every token.
+    """
+
+    def __init__(self, tokenizer: nn.Module, transformer: Transformer, drop_rate: float = 0.0):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.transformer = transformer
+        self.drop_rate = drop_rate
+        self.width = transformer.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, pad = self.tokenizer(x, self.drop_rate if self.training else 0.0)
+        return self.transformer(tokens, pad)[:, 0]
+
+
+def video_encoder(size: str, frames: int, resolution: int, drop_rate: float = 0.0,
+                  drop_path: float = 0.0, transformer: Transformer | None = None) -> ModalityEncoder:
+    """The video backbone shared by VATT and video DINO: voxel tokenizer + transformer."""
+    grid = (frames // VOXEL[0], resolution // VOXEL[1], resolution // VOXEL[2])
+    tx = transformer or transformer_of(size, drop_path)
+    return ModalityEncoder(VoxelTokenizer(tx.dim, grid), tx, drop_rate)
+
+
+class FACHeads(nn.Module):
+    """Fine and coarse spaces: video-audio (va_dim) then video-text (vt_dim) built on top of it.
+
+    video -> va: Linear -> BN -> ReLU -> Linear -> BN;  audio -> va: Linear;
+    video va -> vt: ReLU -> Linear -> BN;               text -> vt: Linear.
+    The BNs are synchronised across ranks, so head statistics are those of the global batch.
+    """
+
+    def __init__(self, video_dim: int, audio_dim: int, text_dim: int, va_dim: int = 512, vt_dim: int = 256):
+        super().__init__()
+        self.video_to_va = nn.Sequential(
+            nn.Linear(video_dim, va_dim), SyncBatchNorm1d(va_dim), nn.ReLU(),
+            nn.Linear(va_dim, va_dim), SyncBatchNorm1d(va_dim))
+        self.audio_to_va = nn.Linear(audio_dim, va_dim)
+        self.va_to_vt = nn.Sequential(nn.ReLU(), nn.Linear(va_dim, vt_dim), SyncBatchNorm1d(vt_dim))
+        self.text_to_vt = nn.Linear(text_dim, vt_dim)
+
+
+class VATT(nn.Module):
+    def __init__(self, *, size: str, audio_size: str | None = None, text_size: str | None = None,
+                 shared_backbone: bool = False, frames: int = 8, resolution: int = 64,
+                 audio_samples: int = 4096, vocab_size: int = 65536, word_dim: int = 300, max_words: int = 16,
+                 freeze_word_embeddings: bool = True, va_dim: int = 512, vt_dim: int = 256,
+                 drop_rate: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        audio_size = audio_size or size
+        text_size = text_size or size
+        if shared_backbone and not (audio_size == text_size == size):
+            raise ValueError("the modality-agnostic VATT shares one encoder, so audio_size and text_size "
+                             f"must equal size={size!r} (got {audio_size!r}, {text_size!r})")
+        shared = transformer_of(size, drop_path) if shared_backbone else None
+        self.shared_backbone = shared_backbone
+        self.video = video_encoder(size, frames, resolution, drop_rate, drop_path, shared)
+        audio_tx = shared or transformer_of(audio_size, drop_path)
+        self.audio = ModalityEncoder(WaveformTokenizer(audio_tx.dim, audio_samples // AUDIO_PATCH), audio_tx, drop_rate)
+        text_tx = shared or transformer_of(text_size, drop_path)
+        self.text = ModalityEncoder(
+            WordTokenizer(text_tx.dim, vocab_size, word_dim, max_words, freeze_word_embeddings), text_tx)
+        self.heads = FACHeads(self.video.width, self.audio.width, self.text.width, va_dim, vt_dim)
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """The backbone feature used for evaluation (k-NN, linear probe)."""
+        return self.video(video)
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video (B,3,T,H,W), audio (B,S), text (B,K,W) -> embeddings in the two common spaces.
+
+        Returns video_va (B, va), audio_va (B, va), video_vt (B, vt), text_vt (B, K, vt).
+        """
+        b, k, w = text.shape
+        video_va = self.heads.video_to_va(self.video(video))
+        audio_va = self.heads.audio_to_va(self.audio(audio))
+        video_vt = self.heads.va_to_vt(video_va)
+        text_vt = self.heads.text_to_vt(self.text(text.reshape(b * k, w))).reshape(b, k, -1)
+        return {"video_va": video_va, "audio_va": audio_va, "video_vt": video_vt, "text_vt": text_vt}

@@ -1,0 +1,184 @@
+"""One-run layer: the shared transformer core (pre-norm blocks, fused SDPA attention,
+stochastic depth) and the image ViT whose state_dict matches the official DINO backbones.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample, rescaling the survivors."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # The fused kernel picks flash / memory-efficient / math by device and dtype.
+        # mask: (B, 1, 1, N) booleans, True where a key may be attended to.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_hidden)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_weights(module: nn.Module) -> None:
+    """ViT initialisation: truncated normal (std 0.02) for linear maps, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Transformer(nn.Module):
+    """A stack of blocks with a learnable CLS/aggregation token and a final norm.
+
+    Input: tokens (B, N, D) already embedded (with positions). Output: (B, 1 + N, D) after the norm;
+    index 0 is the pooled feature.
+    """
+
+    def __init__(self, depth: int, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
+        super().__init__()
+        self.dim = dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Linearly increasing stochastic depth, as in DeiT/DINO.
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_hidden, r) for r in rates)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_weights)
+
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """pad: optional (B, N) booleans, True for padding tokens that no query may attend to."""
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        mask = None
+        if pad is not None and bool(pad.any()):
+            keep = torch.cat([pad.new_ones(pad.shape[0], 1), ~pad], dim=1)
+            mask = keep[:, None, None, :]
+        return self.run_blocks(torch.cat([cls, tokens], dim=1), mask)
+
+
+class PatchEmbed(nn.Module):
+    """Image patches -> tokens with a strided convolution (the key layout DINO checkpoints use)."""
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(Transformer):
+    """Image ViT with the official DINO backbone's parameter names and shapes.
+
+    Keys: cls_token, pos_embed, patch_embed.proj.*, blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}.*,
+    norm.*. forward() returns the CLS token after the final norm, like DINO's backbone.
+    """
+
+    def __init__(self, *, patch_size: int = 16, img_size: int = 224, dim: int = 384, depth: int = 12,
+                 heads: int = 6, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__(depth, dim, heads, int(dim * mlp_ratio), drop_path)
+        self.patch_embed = PatchEmbed(patch_size, dim)
+        grid = img_size // patch_size
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.embed_dim = dim
+
+    def interpolate_pos_encoding(self, gh: int, gw: int) -> torch.Tensor:
+        """Position embeddings for a gh x gw grid, bicubically resized from the trained grid."""
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        n = patch_pos.shape[1]
+        side = int(math.isqrt(n))
+        if side * side == n and (gh, gw) == (side, side):
+            return self.pos_embed
+        grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False).to(patch_pos.dtype)
+        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All output tokens (B, 1 + N, D) after the final norm."""
+        b, _, h, w = x.shape
+        p = self.patch_embed.patch_size
+        patches = self.patch_embed(x)
+        cls = self.cls_token.expand(b, -1, -1).to(patches.dtype)
+        x = torch.cat([cls, patches], dim=1) + self.interpolate_pos_encoding(h // p, w // p)
+        return self.run_blocks(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x)[:, 0]
+
+
+def _vit(dim: int, depth: int, heads: int, patch_size: int, **kwargs) -> VisionTransformer:
+    if patch_size not in (8, 16):
+        raise ValueError(f"patch_size: got {patch_size}; allowed values: 8, 16")
+    return VisionTransformer(patch_size=patch_size, dim=dim, depth=depth, heads=heads, **kwargs)
+
+
+def vit_tiny(patch_size: int = 16, **kwargs) -> VisionTransformer:
+    return _vit(192, 12, 3, patch_size, **kwargs)
+
+
+def vit_small(patch_size: int = 16, **kwargs) -> VisionTransformer:
+    return _vit(384, 12, 6, patch_size, **kwargs)
+
+
+def vit_base(patch_size: int = 16, **kwargs) -> VisionTransformer:
+    return _vit(768, 12, 12, patch_size, **kwargs)

@@ -1,0 +1,91 @@
+"""RunConfig: typed, frozen, round-trips to YAML, and rejects bad values naming the field."""
+import dataclasses
+
+import pytest
+
+from scaling.config import ConfigError, RunConfig, apply_overrides
+
+
+def test_yaml_round_trip_preserves_every_field(tmp_path):
+    cfg = RunConfig.load(None, ["method=dino", "size=tiny", "drop_rate=0.25", "global_batch=128",
+                                "micro_batch=32", "world_size=2", "samples=4096", "dino.local_crops=4",
+                                "dino.global_scale=[0.5, 1.0]", "data.frames=16"])
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    again = RunConfig.load(path)
+    assert again == cfg
+    assert again.dino.global_scale == (0.5, 1.0)
+    assert again.accumulation == 2 and again.total_steps == 32
+
+
+def test_config_is_frozen():
+    cfg = RunConfig(steps=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.size = "base"
+
+
+def test_method_defaults_are_resolved_and_written():
+    vatt, dino = RunConfig(steps=1), RunConfig(method="dino", steps=1)
+    assert (vatt.lr, vatt.lr_scaling, vatt.weight_decay) == (1e-4, "none", 0.0)
+    assert (dino.lr, dino.lr_scaling, dino.weight_decay, dino.weight_decay_end) == (5e-4, "linear", 0.04, 0.4)
+    assert "lr: 0.0005" in dino.to_yaml()
+
+
+@pytest.mark.parametrize("scaling,expected", [("linear", 5e-4 * 2), ("sqrt", 5e-4 * 2 ** 0.5), ("none", 5e-4)])
+def test_lr_batch_scaling_rule(scaling, expected):
+    cfg = RunConfig(method="dino", steps=1, global_batch=512, micro_batch=64, lr_scaling=scaling)
+    assert cfg.peak_lr == pytest.approx(expected)
+
+
+def test_overrides_parse_yaml_values_into_nested_sections():
+    raw = apply_overrides({"data": {"frames": 8}}, ["data.frames=16", "vatt.shared_backbone=true", "lr=3e-4"])
+    assert raw == {"data": {"frames": 16}, "vatt": {"shared_backbone": True}, "lr": 3e-4}
+
+
+@pytest.mark.parametrize("overrides,field,allowed", [
+    (["size=huge"], "size", "'nano', 'micro', 'tiny', 'small', 'base', 'medium', 'large'"),
+    (["method=simclr"], "method", "'vatt', 'dino'"),
+    (["drop_rate=1.0"], "drop_rate", "[0.0, 1.0)"),
+    (["drop_rate=-0.1"], "drop_rate", "[0.0, 1.0)"),
+    (["global_batch=100", "micro_batch=64"], "global_batch", "multiple of micro_batch"),
+    (["steps=0"], "steps", "> 0"),
+    (["steps=-5"], "steps", "> 0"),
+    (["zero_stage=4"], "zero_stage", "0, 1, 2, 3"),
+    (["precision=fp8"], "precision", "'auto', 'fp32', 'bf16', 'fp16'"),
+    (["lr_scaling=cubic"], "lr_scaling", "'linear', 'sqrt', 'none'"),
+    (["data.source=s3"], "data.source", "'synthetic', 'manifest', 'images'"),
+    (["data.resolution=60"], "data.resolution", "16-pixel voxel"),
+    (["data.difficulty=2"], "data.difficulty", "[0.0, 1.0]"),
+    (["offload=true"], "offload", "zero_stage=3"),
+    (["sise=tiny"], "sise", "allowed fields"),
+    (["data.frame=8"], "data.frame", "allowed fields"),
+    (["vatt.audio_size=xl"], "vatt.audio_size", "'nano'"),
+    (["dino.local_scale=[0.5, 0.1]"], "dino.local_scale", "0 < lo <= hi <= 1"),
+    (["steps=null"], "steps", "exactly one of steps or samples"),
+    (["samples=1000"], "samples", "multiple of global_batch"),
+])
+def test_invalid_values_fail_at_construction_naming_field_and_allowed(overrides, field, allowed):
+    base = ["steps=10"] if not any(o.startswith(("steps", "samples")) for o in overrides) else []
+    if overrides == ["samples=1000"]:
+        base = ["steps=null"]
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, base + overrides)
+    assert err.value.field == field
+    assert allowed in str(err.value)
+
+
+def test_bad_override_syntax_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        RunConfig.load(None, ["size"])
+    with pytest.raises(ConfigError, match="no such config file"):
+        RunConfig.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        RunConfig.load(bad)
+
+
+def test_vatt_refuses_image_folders():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, ["steps=1", "data.source=images", "data.path=/x"])
+    assert err.value.field == "data.source"

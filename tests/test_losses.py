@@ -1,0 +1,99 @@
+"""Losses: DINOLoss against a hand-computed case, NCE / MIL-NCE as cross-entropy over similarities."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scaling.losses import DINOLoss, cosine_schedule, mil_nce_loss, nce_loss, negatives_per_positive
+
+
+def test_dino_loss_matches_hand_computed_case():
+    loss_fn = DINOLoss(out_dim=2, ncrops=3, warmup_teacher_temp=0.04, teacher_temp=0.04,
+                       warmup_teacher_temp_epochs=0, nepochs=10, student_temp=0.1, center_momentum=0.9)
+    teacher = torch.tensor([[0.04, 0.0], [0.0, 0.04]])        # 2 global views, batch of 1
+    student = torch.tensor([[0.1, 0.0], [0.0, 0.0], [0.0, 0.1]])  # 3 views
+    # teacher probs: softmax([1, 0]) = [p, 1-p]; student log-probs: -softplus(-1), -softplus(1), log 1/2
+    p = 1 / (1 + math.exp(-1))
+    a, b = math.log1p(math.exp(-1)), math.log1p(math.e)
+    pairs = [math.log(2),                 # teacher view 1 vs student view 2
+             p * b + (1 - p) * a,         # teacher view 1 vs student view 3
+             (1 - p) * a + p * b,         # teacher view 2 vs student view 1
+             (1 - p) * b + p * a]         # teacher view 2 vs student view 3
+    got = loss_fn(student, teacher, epoch=0)
+    assert got.item() == pytest.approx(sum(pairs) / 4, rel=1e-6)
+    # forward leaves the centre alone; update_center applies the EMA of the teacher mean
+    assert torch.equal(loss_fn.center, torch.zeros(1, 2))
+    loss_fn.update_center()
+    torch.testing.assert_close(loss_fn.center, torch.tensor([[0.1 * 0.02, 0.1 * 0.02]]))
+
+
+def test_dino_centre_is_subtracted_from_teacher_logits():
+    loss_fn = DINOLoss(4, 4, 0.04, 0.04, 0, 10)
+    s, t = torch.randn(8, 4), torch.randn(4, 4)
+    shift = torch.randn(1, 4)
+    base = loss_fn(s, t, 0)
+    loss_fn.center.copy_(shift)
+    torch.testing.assert_close(loss_fn(s, t + shift, 0), base)
+
+
+def test_dino_centre_update_over_micro_batches_equals_one_update_on_the_optimizer_batch():
+    t = torch.randn(16, 8)
+    s = torch.randn(32, 8)
+    accumulated, whole = DINOLoss(8, 4, 0.04, 0.04, 0, 10), DINOLoss(8, 4, 0.04, 0.04, 0, 10)
+    accumulated.center.fill_(0.5), whole.center.fill_(0.5)
+    for tc, sc in zip(t.view(2, 2, 4, 8).unbind(1), s.view(4, 2, 4, 8).unbind(1)):  # 2 micro-batches of 4 clips
+        accumulated(sc.reshape(-1, 8), tc.reshape(-1, 8), 0)
+    accumulated.update_center()
+    whole(s, t, 0)
+    whole.update_center()
+    torch.testing.assert_close(accumulated.center, whole.center)
+    torch.testing.assert_close(whole.center, 0.9 * 0.5 + 0.1 * t.mean(0, keepdim=True))
+
+
+def test_teacher_temperature_warms_up_like_dinos_linspace():
+    loss_fn = DINOLoss(4, 4, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4, nepochs=10)
+    official = [0.04, 0.05, 0.06, 0.07, 0.07, 0.07]  # np.linspace(0.04, 0.07, 4) then constant
+    assert [round(loss_fn.teacher_temp_at(e), 6) for e in range(6)] == official
+    assert loss_fn.teacher_temp_at(0.5) == pytest.approx(0.045)
+
+
+def _normed(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_nce_equals_cross_entropy_over_the_similarity_matrix():
+    x, y = _normed(6, 5), _normed(6, 5, seed=1)
+    logits = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).t() / 0.07
+    target = torch.arange(6)
+    expected = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    torch.testing.assert_close(nce_loss(x, y, 0.07), expected)
+
+
+def test_mil_nce_reduces_to_nce_when_k_is_1():
+    x, y = _normed(5, 8), _normed(5, 8, seed=2)
+    torch.testing.assert_close(mil_nce_loss(x, y.unsqueeze(1), 0.07), nce_loss(x, y, 0.07))
+
+
+def test_mil_nce_matches_its_definition_with_several_positives():
+    b, k, t = 3, 2, 0.1
+    x, y = F.normalize(_normed(b, 4), dim=-1), F.normalize(_normed(b, k, 4, seed=3), dim=-1)
+    s = lambda i, j, kk: math.exp(float(x[i] @ y[j, kk]) / t)  # noqa: E731
+    x_to_y = [-math.log(sum(s(i, i, kk) for kk in range(k)) / sum(s(i, j, kk) for j in range(b) for kk in range(k)))
+              for i in range(b)]
+    y_to_x = [-math.log(sum(s(i, i, kk) for kk in range(k)) / sum(s(j, i, kk) for j in range(b) for kk in range(k)))
+              for i in range(b)]
+    expected = 0.5 * (sum(x_to_y) / b + sum(y_to_x) / b)
+    assert mil_nce_loss(x, y, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_negatives_are_the_micro_batch_across_ranks_not_the_optimizer_batch():
+    assert negatives_per_positive(micro_batch=32, world=4) == 127
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_end_value():
+    assert cosine_schedule(1.0, 0.0, 0, 100, warmup=10) == 0.0
+    assert cosine_schedule(1.0, 0.0, 5, 100, warmup=10) == pytest.approx(0.5)
+    assert cosine_schedule(1.0, 0.0, 10, 100, warmup=10) == pytest.approx(1.0)
+    assert cosine_schedule(1.0, 0.0, 55, 100, warmup=10) == pytest.approx(0.5)
+    assert cosine_schedule(0.996, 1.0, 100, 100) == pytest.approx(1.0)
