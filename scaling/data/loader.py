@@ -1,0 +1,117 @@
+"""Part of the `scaling` (one run) layer: data sets from config and deterministic distributed loading.
+Owns build_dataset, build_loader, the per-epoch sharded sampler and batch collation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from scaling.data.files import ImageFolderDataset, ManifestClips
+from scaling.data.synthetic import SyntheticClips
+
+SOURCES = ("synthetic", "manifest", "images")
+SPLITS = ("train", "eval")
+
+
+def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
+    """The `split` data set that `data_cfg` (a DataConfig-like object, read by attribute) describes."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    source = data_cfg.source
+    if source not in SOURCES:
+        raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
+    if source == "synthetic":
+        return SyntheticClips(
+            split, data_cfg.train_size if split == "train" else data_cfg.eval_size,
+            num_classes=data_cfg.num_classes, frames=data_cfg.frames, resolution=data_cfg.resolution,
+            audio_samples=data_cfg.audio_samples, sample_rate=data_cfg.sample_rate, captions=data_cfg.captions,
+            max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size, difficulty=data_cfg.difficulty,
+            seed=data_cfg.seed)
+    field = "data.path" if split == "train" else "data.eval_path"
+    path = data_cfg.path if split == "train" else data_cfg.eval_path
+    if path is None:
+        raise ValueError(f"{field} must be set to read the {split} split from data.source={source!r}")
+    if source == "images":
+        return ImageFolderDataset(path, resolution=data_cfg.resolution)
+    return ManifestClips(
+        path, frames=data_cfg.frames, resolution=data_cfg.resolution, audio_samples=data_cfg.audio_samples,
+        sample_rate=data_cfg.sample_rate, fps=data_cfg.fps, captions=data_cfg.captions,
+        max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size)
+
+
+def _mix_seed(*parts: int) -> int:
+    # Hashing (seed, epoch) rather than adding them keeps (seed=1, epoch=0) and (seed=0, epoch=1)
+    # from sharing a permutation.
+    state = np.random.SeedSequence([p % 2**63 for p in parts])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class ShardedEpochSampler(Sampler[int]):
+    """Rank `rank`'s disjoint share of a per-epoch permutation seeded from (seed, epoch).
+
+    Every rank draws the same permutation and keeps positions rank, rank + world_size, ...
+    With drop_last the epoch is first cut to a multiple of world_size, so all ranks get equally
+    many samples (what collective training steps need); without it every sample is seen exactly
+    once and the first len % world_size ranks get one extra (what exact evaluation needs).
+    """
+
+    def __init__(self, length: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = True):
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.length, self.shuffle, self.seed = length, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of `epoch`; call before iterating each epoch."""
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.length)
+        generator = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+        return torch.randperm(self.length, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        if self.drop_last:
+            order = order[:self.length - self.length % self.world_size]
+        return iter(order[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.length // self.world_size
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def collate_batch(batch):
+    """A dict from a data set's __getitems__ is already a batch; a list of samples is stacked."""
+    if isinstance(batch, Mapping):
+        return batch
+    return default_collate(batch)
+
+
+def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True) -> DataLoader:
+    """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    sampler = ShardedEpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                                  world_size=world_size, drop_last=drop_last)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
+        collate_fn=collate_batch, persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # The loader draws worker base seeds from this generator; without one it would consume the
+        # global torch RNG and shift every later random draw of the run (dropout, init).
+        generator=torch.Generator().manual_seed(_mix_seed(seed, rank)),
+    )

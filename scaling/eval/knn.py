@@ -1,0 +1,121 @@
+"""k-NN evaluation for the `scaling` suite (one run): DINO's weighted k-nearest-neighbour probe.
+Owns feature extraction from a loader and the cosine-similarity, temperature-weighted vote."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_bank(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                num_classes: int) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    if train_feats.ndim != 2 or test_feats.ndim != 2:
+        raise ValueError(f"train_feats and test_feats must be (N, D), got {tuple(train_feats.shape)} "
+                         f"and {tuple(test_feats.shape)}")
+    if train_feats.shape[1] != test_feats.shape[1]:
+        raise ValueError(f"train_feats and test_feats must share the feature dim D, got "
+                         f"{train_feats.shape[1]} and {test_feats.shape[1]}")
+    if train_feats.shape[0] == 0:
+        raise ValueError("train_feats must hold at least one row (the k-NN bank is empty)")
+    if train_labels.shape != (train_feats.shape[0],):
+        raise ValueError(f"train_labels must be ({train_feats.shape[0]},) to match train_feats, "
+                         f"got {tuple(train_labels.shape)}")
+    _check_labels("train_labels", train_labels, num_classes)
+
+
+def _check_labels(name: str, labels: torch.Tensor, num_classes: int) -> None:
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{name} must lie in [0, num_classes={num_classes}), "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+
+
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Summed neighbour votes, (N_test, num_classes): each of the k most cosine-similar bank rows
+    votes for its label with weight exp(sim / temperature). k is clipped to the bank size."""
+    _check_bank(train_feats, train_labels, test_feats, num_classes)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+    # float32 at least: half-precision similarities near 1 lose the ranking between close neighbours.
+    dtype = torch.promote_types(train_feats.dtype, torch.float32)
+    bank = F.normalize(train_feats.to(dtype), dim=1)
+    labels = train_labels.to(device=bank.device, dtype=torch.long)
+    k = min(k, bank.shape[0])
+    scores = []
+    # Chunks bound the (rows x bank) similarity matrix, the only large intermediate.
+    for rows in test_feats.split(chunk):
+        query = F.normalize(rows.to(device=bank.device, dtype=dtype), dim=1)
+        sim, idx = (query @ bank.T).topk(k, dim=1)
+        votes = torch.zeros(query.shape[0], num_classes, device=bank.device, dtype=dtype)
+        votes.scatter_add_(1, labels[idx], (sim / temperature).exp())
+        scores.append(votes)
+    if not scores:
+        return torch.zeros(0, num_classes, device=bank.device, dtype=dtype)
+    return torch.cat(scores)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Top-1 (and top-5 when num_classes >= 5) accuracy in percent of (N, num_classes) scores."""
+    if scores.shape[0] == 0:
+        raise ValueError("cannot score an empty test set (0 rows)")
+    labels = labels.to(scores.device).long().view(-1, 1)
+    result = {"top1": (scores.argmax(dim=1, keepdim=True) == labels).double().mean().item() * 100.0}
+    if num_classes >= 5:
+        top5 = scores.topk(5, dim=1).indices
+        result["top5"] = (top5 == labels).any(dim=1).double().mean().item() * 100.0
+    return result
+
+
+def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int, k: int = 20,
+                 temperature: float = 0.07) -> dict[str, float]:
+    """Weighted k-NN accuracy in percent: {"top1": ...} plus "top5" when num_classes >= 5."""
+    if test_labels.shape != (test_feats.shape[0],):
+        raise ValueError(f"test_labels must be ({test_feats.shape[0]},) to match test_feats, "
+                         f"got {tuple(test_labels.shape)}")
+    _check_labels("test_labels", test_labels, num_classes)
+    scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k=k, temperature=temperature)
+    return topk_accuracy(scores, test_labels, num_classes)
+
+
+def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Mapping],
+                     device: str | torch.device = "cpu", key: str = "video") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``encode(batch[key])`` without gradients over every batch; return (feats, labels) on the CPU.
+
+    Batches are dicts holding `key` and "label". An ``nn.Module`` encoder is put in eval mode for the
+    pass (dropout off, norm statistics frozen) and restored afterwards.
+    """
+    module = encode if isinstance(encode, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    feats, labels = [], []
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if not isinstance(batch, Mapping) or key not in batch or "label" not in batch:
+                    keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+                    raise ValueError(f"batch {i} must be a dict with keys {key!r} and 'label', got {keys}")
+                out = encode(batch[key].to(device, non_blocking=True))
+                if not isinstance(out, torch.Tensor) or out.ndim != 2:
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise ValueError(f"encode must return a (B, D) tensor of features, got {got}")
+                # Features go to the CPU so a large eval set never has to fit in device memory.
+                feats.append(out.float().cpu())
+                labels.append(torch.as_tensor(batch["label"]).long().view(-1).cpu())
+    finally:
+        if module is not None:
+            module.train(was_training)
+    if not feats:
+        raise ValueError("loader yielded no batches")
+    return torch.cat(feats), torch.cat(labels)

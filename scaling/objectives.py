@@ -1,0 +1,143 @@
+"""One-run layer: what one training step of each method computes, independent of the engine.
+
+An objective turns a data batch into a loss and metrics, says what happens once per *optimizer*
+step (DINO's teacher EMA and centre), and names the feature used for evaluation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from scaling.data.augment import MultiCrop, normalize
+from scaling.losses import DINOLoss, cosine_schedule, mil_nce_loss, nce_loss, negatives_per_positive
+from scaling.models import crop_geometry
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user module inside an engine/DDP wrapper."""
+    return getattr(model, "module", model)
+
+
+def eval_input(cfg, batch: dict[str, torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """What evaluation feeds the backbone: every token of the whole clip (or image), normalised."""
+    if "image" in batch:
+        return normalize(batch["image"].to(device))
+    video = batch["video"].to(device)
+    if cfg.method == "dino" and cfg.dino.input == "image":
+        return normalize(video[:, :, video.shape[2] // 2])  # the middle frame
+    return normalize(video)
+
+
+class VATTObjective:
+    """NCE(video, audio) + vt_weight x MIL-NCE(video, K captions), negatives gathered over ranks."""
+
+    def __init__(self, cfg, world_size: int = 1):
+        self.cfg = cfg
+        self.negatives_per_positive = negatives_per_positive(cfg.micro_batch, world_size)
+        # VATT's video augmentation: random resized crop, flip and colour jitter; no blur/solarise.
+        r = cfg.data.resolution
+        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_gray=0.0, p_blur=(0.0, 0.0, 0.0),
+                                 p_solarize=(0.0, 0.0, 0.0))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(unwrap(model).parameters()).device
+        video = self.augment(batch["video"].to(device), generator)[0]
+        out = model(video, batch["audio"].to(device), batch["text"].to(device))
+        t = self.cfg.vatt.temperature
+        nce = nce_loss(out["video_va"], out["audio_va"], t)
+        mil = mil_nce_loss(out["video_vt"], out["text_vt"], t)
+        loss = nce + self.cfg.vatt.vt_weight * mil
+        with torch.no_grad():
+            sim = nn.functional.normalize(out["video_va"], dim=-1) @ nn.functional.normalize(out["audio_va"], dim=-1).t()
+            target = torch.arange(sim.shape[0], device=sim.device)
+            retrieval = (sim.argmax(dim=1) == target).float().mean().item() * 100
+        return loss, {"loss": loss.item(), "loss_nce": nce.item(), "loss_mil_nce": mil.item(),
+                      "retrieval_va_top1": retrieval, "negatives_per_positive": self.negatives_per_positive}
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        return {}
+
+    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return unwrap(model).encode_video(x)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class DINOObjective:
+    """Multi-crop self-distillation; teacher EMA and centre once per optimizer step."""
+
+    def __init__(self, cfg, world_size: int = 1):
+        del world_size
+        self.cfg = cfg
+        c = cfg.dino
+        geo = crop_geometry(cfg)
+        video = c.input == "video"
+        self.multicrop = MultiCrop(
+            geo["global_resolution"], geo["local_resolution"], c.local_crops,
+            global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
+            global_frames=geo["global_frames"] if video else None,
+            local_frames=geo["local_frames"] if video else None,
+            # DINO's blur sigma (0.1-2 px) is for 224 px crops; keep it the same fraction of the crop.
+            blur_sigma=(0.1, max(0.2, 2.0 * geo["global_resolution"] / 224)))
+        self.nepochs = max(1, int(round(cfg.epochs)))
+        self.loss_fn = DINOLoss(c.out_dim, 2 + c.local_crops, c.warmup_teacher_temp, c.teacher_temp,
+                                c.warmup_teacher_temp_epochs, self.nepochs, c.student_temp, c.center_momentum)
+
+    def epoch_at(self, step: int) -> float:
+        return step * self.cfg.global_batch / self.cfg.data.train_size
+
+    def _views(self, batch: dict[str, torch.Tensor], device, generator) -> torch.Tensor:
+        if "image" in batch:
+            return batch["image"].to(device)
+        video = batch["video"].to(device)
+        if self.cfg.dino.input == "image":
+            # Image DINO on clips: one random frame per clip.
+            idx = torch.randint(video.shape[2], (video.shape[0],), generator=generator).to(device)
+            return video[torch.arange(video.shape[0], device=device), :, idx]
+        return video
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        module = unwrap(model)
+        device = next(module.parameters()).device
+        self.loss_fn.to(device)
+        crops = self.multicrop(self._views(batch, device, generator), generator)
+        student_out, teacher_out = model(crops)
+        epoch = self.epoch_at(step)
+        loss = self.loss_fn(student_out, teacher_out, epoch)
+        with torch.no_grad():
+            probs = torch.softmax((teacher_out - self.loss_fn.center) / self.loss_fn.teacher_temp_at(epoch), dim=-1)
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean().item()
+        return loss, {"loss": loss.item(), "teacher_entropy": entropy,
+                      "teacher_temp": self.loss_fn.teacher_temp_at(epoch)}
+
+    def teacher_momentum(self, step: int) -> float:
+        """Cosine from momentum_teacher to 1 over the run (DINO)."""
+        return cosine_schedule(self.cfg.dino.momentum_teacher, 1.0, step, self.cfg.total_steps)
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Once per optimizer step, never per micro-batch: EMA of the teacher, then the centre."""
+        m = self.teacher_momentum(step)
+        unwrap(model).update_teacher(m)
+        self.loss_fn.update_center()
+        return {"teacher_momentum": m}
+
+    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return unwrap(model).encode(x)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"center": self.loss_fn.center.detach().cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_fn.center.copy_(state["center"])
+
+
+def build_objective(cfg, world_size: int = 1):
+    return (VATTObjective if cfg.method == "vatt" else DINOObjective)(cfg, world_size)

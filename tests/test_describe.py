@@ -1,0 +1,127 @@
+"""`describe`: analytic costs agree with torch's FLOP counter on the real model; memory formulas."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from scaling.config import RunConfig
+from scaling.describe import describe, model_state_bytes
+from scaling.losses import DINOLoss, mil_nce_loss, nce_loss
+from scaling.models import build_model, crop_geometry
+
+B = 4
+
+
+def counted_flops(fn) -> int:
+    # The math SDPA backend decomposes attention into matmuls the counter sees; the fused CPU
+    # kernel has no FLOP formula registered in torch's counter.
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def vatt_step(cfg):
+    model = build_model(cfg).train()
+    d = cfg.data
+    video = torch.rand(B, 3, d.frames, d.resolution, d.resolution)
+    audio = torch.rand(B, d.audio_samples)
+    text = torch.randint(1, d.vocab_size, (B, d.captions, d.max_words))
+
+    def run():
+        out = model(video, audio, text)
+        (nce_loss(out["video_va"], out["audio_va"]) + mil_nce_loss(out["video_vt"], out["text_vt"])).backward()
+    return run
+
+
+def dino_step(cfg):
+    model = build_model(cfg).train()
+    geo = crop_geometry(cfg)
+    crops = [torch.rand(B, 3, geo["global_frames"], geo["global_resolution"], geo["global_resolution"])] * 2
+    crops += [torch.rand(B, 3, geo["local_frames"], geo["local_resolution"], geo["local_resolution"])] * cfg.dino.local_crops
+    loss_fn = DINOLoss(cfg.dino.out_dim, len(crops), 0.04, 0.04, 0, 1)
+
+    def run():
+        s, t = model(crops)
+        loss_fn(s, t, 0).backward()
+    return run
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method=vatt", "size=nano", "drop_rate=0.0"],
+    ["method=vatt", "size=micro", "drop_rate=0.5"],
+    ["method=vatt", "size=nano", "drop_rate=0.75", "vatt.shared_backbone=true"],
+    ["method=dino", "size=nano", "drop_rate=0.0"],
+    ["method=dino", "size=micro", "drop_rate=0.5", "dino.local_crops=2"],
+])
+def test_analytic_flops_agree_with_the_flop_counter_within_5_percent(overrides):
+    cfg = RunConfig.load(None, ["steps=1", f"global_batch={B}", f"micro_batch={B}", "data.vocab_size=1000",
+                                "dino.out_dim=1024", "dino.hidden_dim=512", *overrides])
+    step = vatt_step(cfg) if cfg.method == "vatt" else dino_step(cfg)
+    measured = counted_flops(step)
+    analytic = describe(cfg)["flops_per_sample"] * B
+    assert abs(analytic / measured - 1) < 0.05, (analytic, measured)
+
+
+def test_droptoken_halves_video_and_audio_tokens_and_the_counted_forward_flops_fall_accordingly():
+    base = ["steps=1", f"global_batch={B}", f"micro_batch={B}", "size=micro", "data.frames=16", "data.resolution=64"]
+    full, half = (RunConfig.load(None, base + [f"drop_rate={r}"]) for r in (0.0, 0.5))
+    d_full, d_half = describe(full), describe(half)
+    assert d_half["tokens"]["video"] * 2 == d_full["tokens"]["video"] == 64
+    assert d_half["tokens"]["audio"] * 2 == d_full["tokens"]["audio"] == 32
+    assert d_half["tokens"]["text"] == d_full["tokens"]["text"]  # text is never dropped
+
+    def video_forward(cfg):
+        model = build_model(cfg).train()
+        video = torch.rand(B, 3, 16, 64, 64)
+        return counted_flops(lambda: model.video(video))
+
+    f_full, f_half = video_forward(full), video_forward(half)
+    analytic_ratio = d_half["flops_per_sample_by_part"]["video"] / d_full["flops_per_sample_by_part"]["video"]
+    assert 0.45 < f_half / f_full < 0.55           # half the tokens: about half the FLOPs (tokenizer included)
+    assert abs(f_half / f_full - analytic_ratio) < 0.02
+
+
+def test_params_are_split_by_part_and_sum_to_the_model():
+    cfg = RunConfig.load(None, ["steps=1", "method=dino", "dino.out_dim=1024"])
+    info = describe(cfg)["params"]
+    model = build_model(cfg)
+    assert info["total"] == sum(p.numel() for p in model.parameters())
+    assert info["backbone"] + info["head"] + info["teacher"] == info["total"]
+    assert info["trainable"] == info["backbone"] + info["head"] - cfg.dino.out_dim  # frozen weight-norm gain
+
+
+def test_zero_stage_memory_follows_the_zero_paper():
+    psi = 1_000_000
+    # mixed precision: 2 + 2 + 12 bytes per parameter, partitioned stage by stage over 4 ranks
+    assert model_state_bytes(psi, 0, 0, 4, "bf16")["total"] == 16 * psi
+    assert model_state_bytes(psi, 0, 1, 4, "bf16")["total"] == 4 * psi + 12 * psi / 4
+    assert model_state_bytes(psi, 0, 2, 4, "bf16")["total"] == 2 * psi + 14 * psi / 4
+    assert model_state_bytes(psi, 0, 3, 4, "bf16")["total"] == 16 * psi / 4
+    assert model_state_bytes(psi, 0, 0, 4, "fp32")["total"] == 16 * psi
+    assert model_state_bytes(psi, 0, 3, 4, "bf16", offload=True)["params"] == 0
+
+
+def test_batch_arithmetic_is_resolved():
+    cfg = RunConfig.load(None, ["steps=1", "global_batch=256", "micro_batch=32", "world_size=2"])
+    batch = describe(cfg)["batch"]
+    assert (batch["micro_batch"], batch["accumulation"], batch["world_size"]) == (32, 4, 2)
+    assert batch["negatives_per_positive"] == 63
+
+
+def test_cli_describe_json_has_the_documented_keys():
+    out = subprocess.run([sys.executable, "-m", "scaling.cli", "describe", "steps=10", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    info = json.loads(out)
+    for key in ("params", "flops_per_sample", "tokens", "batch", "memory_per_gpu"):
+        assert key in info
+
+
+def test_cli_rejects_a_bad_config_before_any_work():
+    proc = subprocess.run([sys.executable, "-m", "scaling.cli", "describe", "steps=10", "drop_rate=1.5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "drop_rate: got 1.5; allowed range: [0.0, 1.0)" in proc.stderr
