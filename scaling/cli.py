@@ -64,6 +64,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from scaling.train.launch import launch_local, resolve_run
+
+    if args.nproc < 1:
+        raise ConfigError("--nproc", f"got {args.nproc}; must be >= 1")
+    cfg, run_dir = resolve_run(args.config, args.overrides, args.run_dir, args.nproc)
+    print(f"run directory: {run_dir}")
+    print(f"watch: tensorboard --logdir {run_dir / 'tb'}")
+    if args.nproc == 1:
+        from scaling.train.loop import train
+
+        summary = train(cfg, run_dir)
+        return 0 if summary.get("end_reason") == "completed" else 1
+    return launch_local(cfg, run_dir, args.nproc)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from scaling.train.reevaluate import reevaluate
+
+    print(json.dumps(reevaluate(args.run_dir), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaling", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("train", help="train one RunConfig on a DeepSpeed engine into a run directory")
+    _config_args(p)
+    p.add_argument("--run-dir", help="run directory (default: a new folder under runs/); an existing one resumes")
+    p.add_argument("--nproc", type=int, default=1, help="total number of ranks (local processes)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a finished run from its run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="a short single run of each method on the synthetic clips")
     _config_args(p)

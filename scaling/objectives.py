@@ -5,6 +5,7 @@ step (DINO's teacher EMA and centre), and names the feature used for evaluation.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,10 +37,11 @@ class VATTObjective:
     def __init__(self, cfg, world_size: int = 1):
         self.cfg = cfg
         self.negatives_per_positive = negatives_per_positive(cfg.micro_batch, world_size)
-        # VATT's video augmentation: random resized crop, flip and colour jitter; no blur/solarise.
+        # VATT's video augmentation: random resized crop and colour jitter; no blur/solarise. No
+        # horizontal flip: it would mirror the motion direction that the audio and captions name.
         r = cfg.data.resolution
-        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_gray=0.0, p_blur=(0.0, 0.0, 0.0),
-                                 p_solarize=(0.0, 0.0, 0.0))
+        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_flip=0.0, p_gray=0.0,
+                                 p_blur=(0.0, 0.0, 0.0), p_solarize=(0.0, 0.0, 0.0))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -84,6 +86,8 @@ class DINOObjective:
             global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
             global_frames=geo["global_frames"] if video else None,
             local_frames=geo["local_frames"] if video else None,
+            # No horizontal flip: it mirrors motion, and motion direction is part of a clip's content.
+            p_flip=0.0,
             # DINO's blur sigma (0.1-2 px) is for 224 px crops; keep it the same fraction of the crop.
             blur_sigma=(0.1, max(0.2, 2.0 * geo["global_resolution"] / 224)))
         self.nepochs = max(1, int(round(cfg.epochs)))
@@ -112,11 +116,21 @@ class DINOObjective:
         student_out, teacher_out = model(crops)
         epoch = self.epoch_at(step)
         loss = self.loss_fn(student_out, teacher_out, epoch)
-        with torch.no_grad():
-            probs = torch.softmax((teacher_out - self.loss_fn.center) / self.loss_fn.teacher_temp_at(epoch), dim=-1)
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean().item()
-        return loss, {"loss": loss.item(), "teacher_entropy": entropy,
-                      "teacher_temp": self.loss_fn.teacher_temp_at(epoch)}
+        return loss, {"loss": loss.item(), **self.collapse_signals(student_out, teacher_out, epoch)}
+
+    @torch.no_grad()
+    def collapse_signals(self, student_out: torch.Tensor, teacher_out: torch.Tensor, epoch: float) -> dict[str, float]:
+        """What tells DINO collapse apart from learning: a teacher entropy near ln(out_dim) with a tiny
+        KL means uniform collapse; an entropy near 0 means one-dimension collapse."""
+        fn = self.loss_fn
+        temp = fn.teacher_temp_at(epoch)
+        teacher = torch.softmax((teacher_out - fn.center) / temp, dim=-1)
+        student = torch.log_softmax(student_out[:teacher_out.shape[0]] / fn.student_temp, dim=-1)
+        log_teacher = teacher.clamp_min(1e-12).log()
+        entropy = -(teacher * log_teacher).sum(-1).mean().item()
+        kl = (teacher * (log_teacher - student)).sum(-1).mean().item()  # KL(teacher || student), global views
+        return {"teacher_entropy": entropy, "kl_teacher_student": kl, "center_norm": fn.center.norm().item(),
+                "log_out_dim": math.log(self.cfg.dino.out_dim), "teacher_temp": temp}
 
     def teacher_momentum(self, step: int) -> float:
         """Cosine from momentum_teacher to 1 over the run (DINO)."""

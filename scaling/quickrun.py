@@ -20,11 +20,8 @@ def quick_run(cfg, log: Callable[[str], None] | None = None) -> dict[str, float]
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg)
     objective = build_objective(cfg)
-    train_set, eval_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "eval")
-    eval_kw = dict(shuffle=False, seed=cfg.seed, num_workers=0, drop_last=False)
-    bank_loader = build_loader(train_set, 256, **eval_kw)
-    eval_loader = build_loader(eval_set, 256, **eval_kw)
-    before = evaluate(cfg, model, objective, bank_loader, eval_loader, linear=False)
+    train_set = build_dataset(cfg.data, "train")
+    before = evaluate(cfg, model, objective)
 
     optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.peak_lr)
     schedules = Schedules(cfg)
@@ -52,8 +49,9 @@ def quick_run(cfg, log: Callable[[str], None] | None = None) -> dict[str, float]
             if step >= cfg.total_steps:
                 break
         epoch += 1
-    after = evaluate(cfg, model, objective, bank_loader, eval_loader, linear=False)
+    after = evaluate(cfg, model, objective)
     k = max(1, len(losses) // 10)
     return {"loss_first": sum(losses[:k]) / k, "loss_last": sum(losses[-k:]) / k,
             "knn_top1_random_init": before["knn_top1"], "knn_top1": after["knn_top1"],
+            "linear_top1_random_init": before.get("linear_top1"), "linear_top1": after.get("linear_top1"),
             "steps": step, "wall_s": round(time.time() - start, 1)}

@@ -68,10 +68,17 @@ class ShardedEpochSampler(Sampler[int]):
         self.length, self.shuffle, self.seed = length, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = epoch
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of `epoch`; call before iterating each epoch."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the permutation of `epoch`; call before iterating each epoch.
+
+        `start` skips the first samples of this rank's share: a resumed run continues mid-epoch
+        exactly where it stopped, without loading what it skips.
+        """
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}], got {start}")
+        self.epoch, self.start = epoch, start
 
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
@@ -83,9 +90,10 @@ class ShardedEpochSampler(Sampler[int]):
         order = self._order()
         if self.drop_last:
             order = order[:self.length - self.length % self.world_size]
-        return iter(order[self.rank::self.world_size].tolist())
+        return iter(order[self.rank::self.world_size][self.start:].tolist())
 
     def __len__(self) -> int:
+        """Samples in this rank's whole share of an epoch (`start` not subtracted)."""
         if self.drop_last:
             return self.length // self.world_size
         return len(range(self.rank, self.length, self.world_size))

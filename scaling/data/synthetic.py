@@ -53,27 +53,31 @@ PALETTE = (
     (("grey", "gray"), (0.50, 0.50, 0.50)),
     (("brown",), (0.55, 0.30, 0.10)),
 )
+# Templates name shape, direction and (in most) speed; "{colour}" is either empty or a colour word
+# plus a space. Colour is named only in a fraction `difficulty` of captions: at low difficulty the
+# text carries the class and speed, and no colour shortcut for video-text matching.
 TEMPLATES = (
-    "a {colour} {shape} moving {motion} {speed}",
-    "the {shape} drifts {motion}",
-    "{speed} a {shape} travels {motion}",
-    "a {colour} {shape} slides {motion} {speed}",
-    "there is a {shape} heading {motion}",
-    "{colour} {shape} going {motion}",
-    "watch the {colour} {shape} move {motion} {speed}",
-    "a {shape} in {colour} glides {motion}",
+    "a {colour}{shape} moving {motion} {speed}",
+    "the {colour}{shape} drifts {motion}",
+    "{speed} a {colour}{shape} travels {motion}",
+    "a {colour}{shape} slides {motion} {speed}",
+    "there is a {colour}{shape} heading {motion}",
+    "{colour}{shape} going {motion} {speed}",
+    "watch the {colour}{shape} move {motion} {speed}",
+    "a {colour}{shape} glides {motion}",
 )
 # Class -> chord: the root note follows the shape, the chord quality follows the direction.
 ROOT_HZ = (220.0, 246.9, 277.2, 293.7, 329.6, 370.0)
 CHORD_SEMITONES = ((0, 4, 7), (0, 3, 7), (0, 5, 7), (0, 3, 6), (0, 4, 8), (0, 2, 7), (0, 7, 12), (0, 4, 11))
 
+OBJECT_SCALE = 0.18  # the object's mean radius as a fraction of the frame
 MAX_DISTRACTORS = 3
 # Columns of the per-clip uniform table; every random choice of a clip reads one column.
 POS_X, POS_Y, SPEED, SIZE, COLOUR, FG_JITTER, BG_JITTER = 0, 1, 2, 3, 4, 5, 8
 TEX_FREQ, TEX_PHASE, NOISE_OFFSET, AUDIO_NOISE, DETUNE, AUDIO_PHASE = 11, 15, 17, 18, 19, 20
 DISTRACTOR, PER_DISTRACTOR = 21, 8
 CAPTION = DISTRACTOR + MAX_DISTRACTORS * PER_DISTRACTOR
-PER_CAPTION = 5
+PER_CAPTION = 6  # template (first caption only), shape, motion, colour, speed, colour named?
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SPLIT_CODES = {"train": 1, "eval": 2}
@@ -137,6 +141,12 @@ class SyntheticClips(torch.utils.data.Dataset):
         self.pixel_noise = 0.1 * self.difficulty
         self.texture_amplitude = 0.05 + 0.2 * self.difficulty
         self.audio_noise = 0.3 * self.difficulty
+        # Colour diversity grows with difficulty: 3 object colours at 0, the whole palette at 1,
+        # and the background's offset from the object colour spreads from 0.1 to 0.3 per channel.
+        # Few colours keep colour from being the easiest instance feature two crops (or a clip
+        # and its caption) share, without tying colour to the class.
+        self.num_colours = 3 + int(round((len(PALETTE) - 3) * self.difficulty))
+        self.background_jitter = 0.1 + 0.2 * self.difficulty
         # Noise comes from banks drawn once from the seed, then indexed per clip: drawing fresh
         # Gaussian noise for every pixel would cost more than rendering the rest of the clip.
         bank_key = _splitmix64(np.array([self.seed % 2**64], dtype=np.uint64))[0] >> np.uint64(1)
@@ -192,8 +202,9 @@ class SyntheticClips(torch.utils.data.Dataset):
     def _background(self, u: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W): a base colour far from the foreground plus a two-grating texture."""
         r = self.resolution
-        # Per channel, (fg + 0.35..0.65) mod 1 stays at least 0.35 away from fg: always visible.
-        base = torch.remainder(fg + 0.35 + 0.3 * u[:, BG_JITTER:BG_JITTER + 3], 1.0)
+        # Per channel, (fg + 0.5 +- jitter/2) mod 1 stays at least 0.35 away from fg: always visible.
+        j = self.background_jitter
+        base = torch.remainder(fg + (0.5 - 0.5 * j) + j * u[:, BG_JITTER:BG_JITTER + 3], 1.0)
         coords = torch.arange(r, dtype=torch.float32) * (2 * math.pi / r)
         texture = torch.zeros(u.shape[0], r, r)
         for g in range(2):
@@ -248,10 +259,12 @@ class SyntheticClips(torch.utils.data.Dataset):
     def _object_mask(self, u: torch.Tensor, shape_id: np.ndarray, direction_id: np.ndarray) -> torch.Tensor:
         """(B, T, H, W) coverage in [0, 1] of the class object and its same-coloured distractors."""
         n, r, frames = u.shape[0], self.resolution, self.frames
-        speed = r * (0.02 + 0.03 * u[:, SPEED])
+        # Fast enough that direction shows inside one 4-frame voxel (4-7 px at 32 px).
+        speed = r * (0.04 + 0.03 * u[:, SPEED])
         angle = torch.from_numpy(direction_id).float() * (math.pi / 4)
         dx, dy = self._offsets(u[:, POS_X] * r, u[:, POS_Y] * r, speed, angle)
-        scale = r * 0.12 * (0.85 + 0.3 * u[:, SIZE])
+        # Radius ~ a third of the 16-px voxel at 32 px, so the silhouette spans several pixels.
+        scale = r * OBJECT_SCALE * (0.85 + 0.3 * u[:, SIZE])
         mask = torch.empty(n, frames, r, r)
         # Grouping by shape renders each clip once with its own formula: a loop over six shapes,
         # never over clips or pixels.
@@ -335,7 +348,7 @@ class SyntheticClips(torch.utils.data.Dataset):
         """`captions` different descriptions per clip: templates rotate, synonyms are drawn."""
         texts = []
         for row, s, d in zip(u, shape_id, direction_id):
-            colour_words = PALETTE[int(row[COLOUR] * len(PALETTE))][0]  # the video picks the same colour
+            colour_words = PALETTE[int(row[COLOUR] * self.num_colours)][0]  # the video picks the same colour
             speed_words = SPEED_WORDS[int(row[SPEED] * 3)]
             first_template = int(row[CAPTION] * len(TEMPLATES))
             clip = []
@@ -344,7 +357,8 @@ class SyntheticClips(torch.utils.data.Dataset):
                 pick = lambda words, col: words[int(row[c + col] * len(words))]  # noqa: E731
                 clip.append(TEMPLATES[(first_template + k) % len(TEMPLATES)].format(
                     shape=pick(SHAPE_WORDS[SHAPES[s]], 1), motion=pick(DIRECTION_WORDS[DIRECTIONS[d]], 2),
-                    colour=pick(colour_words, 3), speed=pick(speed_words, 4)))
+                    colour=pick(colour_words, 3) + " " if row[c + 5] < self.difficulty else "",
+                    speed=pick(speed_words, 4)))
             texts.append(clip)
         return texts
 
@@ -359,7 +373,7 @@ class SyntheticClips(torch.utils.data.Dataset):
         texts = self._caption_texts(u64, shape_id, direction_id)
         # Discrete picks come from the float64 table so video and captions agree on the colour;
         # the float32 copy is capped below 1 because rounding could otherwise reach 1.0.
-        colour_id = (u64[:, COLOUR] * len(PALETTE)).astype(np.int64)
+        colour_id = (u64[:, COLOUR] * self.num_colours).astype(np.int64)
         u32 = torch.from_numpy(np.minimum(u64, 1.0 - 2.0**-24).astype(np.float32))
         text = torch.tensor([[caption_ids(c, self.max_words, self.vocab_size) for c in clip] for clip in texts],
                             dtype=torch.int64).reshape(len(idx), self.captions, self.max_words)

@@ -91,6 +91,7 @@ class DINO(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         _set_drop_path(self.teacher, 0.0)
+        self._teacher_fp32: dict[int, torch.Tensor] = {}
         if hasattr(self.teacher.backbone, "drop_rate"):
             self.teacher.backbone.drop_rate = 0.0
 
@@ -111,9 +112,23 @@ class DINO(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- m * teacher + (1 - m) * student, parameter by parameter."""
-        for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
-            pt.mul_(momentum).add_(ps.detach().to(pt.dtype), alpha=1.0 - momentum)
+        """teacher <- m * teacher + (1 - m) * student, parameter by parameter.
+
+        Under ZeRO-3 each parameter is partitioned (`ds_tensor`); the teacher's parameters have the
+        same shapes as the student's, hence the same partitioning, so each rank updates its own
+        partition and nothing is gathered. With 16-bit parameters the average is kept in an fp32
+        shadow: a 0.4% step of a bf16 value would round away.
+        """
+        for i, (ps, pt) in enumerate(zip(self.student.parameters(), self.teacher.parameters())):
+            src, dst = getattr(ps, "ds_tensor", ps.data), getattr(pt, "ds_tensor", pt.data)
+            if dst.dtype == torch.float32:
+                dst.mul_(momentum).add_(src.to(torch.float32), alpha=1.0 - momentum)
+                continue
+            shadow = self._teacher_fp32.get(i)
+            if shadow is None or shadow.shape != dst.shape:
+                shadow = self._teacher_fp32[i] = dst.float()
+            shadow.mul_(momentum).add_(src.float(), alpha=1.0 - momentum)
+            dst.copy_(shadow)
 
 
 def _set_drop_path(module: nn.Module, p: float) -> None:

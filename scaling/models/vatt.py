@@ -87,6 +87,11 @@ class VATT(nn.Module):
         """The backbone feature used for evaluation (k-NN, linear probe)."""
         return self.video(video)
 
+    def video_text_embeddings(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video and first-caption embeddings in the video-text space, for retrieval evaluation."""
+        video_vt = self.heads.va_to_vt(self.heads.video_to_va(self.video(video)))
+        return video_vt, self.heads.text_to_vt(self.text(text[:, 0]))
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """video (B,3,T,H,W), audio (B,S), text (B,K,W) -> embeddings in the two common spaces.
 

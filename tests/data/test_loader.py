@@ -148,3 +148,13 @@ def test_worker_processes_yield_the_same_batches_as_the_main_process():
     for ours, theirs in zip(in_process, list(workers), strict=True):
         for key in ours:
             assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_set_epoch_start_resumes_mid_epoch_exactly_where_the_full_order_continues():
+    sampler = ShardedEpochSampler(40, shuffle=True, seed=3, rank=1, world_size=2)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.set_epoch(2, start=8)
+    assert list(sampler) == full[8:]
+    with pytest.raises(ValueError, match="start must be in"):
+        sampler.set_epoch(2, start=21)

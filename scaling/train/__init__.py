@@ -1,0 +1,1 @@
+"""One-run layer: training on DeepSpeed (engine, loop, checkpoints, run directory, launcher)."""

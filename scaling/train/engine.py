@@ -1,0 +1,95 @@
+"""One-run layer: the DeepSpeed side of a run: process-group set-up, the resolved DeepSpeed config
+(templates in ds_configs/ plus the batch fields from the RunConfig) and the engine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaling.describe import resolved_precision
+from scaling.optim import param_groups
+
+# DeepSpeed calls torch.distributed APIs that torch marks deprecated; that is not the user's concern.
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+DS_CONFIGS = Path(os.environ.get("SCALING_DS_CONFIGS", Path(__file__).resolve().parents[2] / "ds_configs"))
+
+
+def device_kind() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _template(name: str) -> dict[str, Any]:
+    path = DS_CONFIGS / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed template {path} is missing (set SCALING_DS_CONFIGS to the ds_configs folder)")
+    return json.loads(path.read_text())
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def build_ds_config(cfg, world_size: int, device: str | None = None) -> dict[str, Any]:
+    """The DeepSpeed config of a run: ZeRO template + precision template + batch fields.
+
+    train_batch_size = micro x accumulation x world, with world the ranks actually running.
+    """
+    if world_size != cfg.world_size:
+        raise ValueError(f"world_size: the RunConfig says {cfg.world_size} but {world_size} ranks are running")
+    stage = "zero3_offload" if cfg.offload else f"zero{cfg.zero_stage}"
+    precision = resolved_precision(cfg, device or device_kind())
+    ds = _merge(_template(stage), _template(precision))
+    ds.update({
+        "train_batch_size": cfg.micro_batch * cfg.accumulation * world_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.accumulation,
+        # DeepSpeed clips on the global norm (DINO clips per parameter); one rule for both methods.
+        "gradient_clipping": float(cfg.clip_grad),
+    })
+    return ds
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group described by the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT).
+
+    NCCL on GPU, gloo on CPU. A process with no such environment runs as a world of one.
+    """
+    import deepspeed
+
+    for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                         ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, default)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device_kind() == "cuda" else "gloo")
+    if device_kind() == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_engine(cfg, model: torch.nn.Module, ds_config: dict[str, Any]):
+    """deepspeed.initialize with AdamW over our parameter groups (no decay on norms and biases)."""
+    import deepspeed
+
+    fused = device_kind() == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.peak_lr, betas=(0.9, 0.999), fused=fused or None)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine, optimizer

@@ -1,0 +1,79 @@
+"""One-run layer: start a run here: in this process (one rank) or as N local processes wired
+through torch.distributed environment variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scaling.config import RunConfig
+from scaling.train import rundir as rd
+
+
+def resolve_run(config: str | None, overrides: list[str], run_dir: str | None, nproc: int) -> tuple[RunConfig, Path]:
+    """The RunConfig and run directory a `scaling train` command means.
+
+    An existing run directory resumes: its config.yaml is the base, and overrides must not change it.
+    """
+    overrides = [*overrides, f"world_size={nproc}"]
+    if run_dir and (Path(run_dir) / rd.CONFIG).exists():
+        base = Path(run_dir) / rd.CONFIG
+        cfg = RunConfig.load(config or base, overrides)
+        return cfg, Path(run_dir)
+    cfg = RunConfig.load(config, overrides)
+    return cfg, Path(run_dir) if run_dir else rd.new_run_dir("runs", cfg)
+
+
+def run_worker(run_dir: Path) -> None:
+    """Entry point of each rank: the run directory's config.yaml says what to train."""
+    from scaling.train.loop import train
+
+    train(RunConfig.load(run_dir / rd.CONFIG), run_dir)
+
+
+def launch_local(cfg: RunConfig, run_dir: Path, nproc: int) -> int:
+    """Run `nproc` ranks as child processes of this one; returns the first non-zero exit code."""
+    from scaling.train.engine import _free_port
+    from scaling.train.loop import prepare_run_dir
+
+    prepare_run_dir(cfg, run_dir)
+    port = str(_free_port())
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "-m", "scaling.train.launch", str(run_dir)], env=env))
+
+    def stop_all(*_args) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, stop_all)
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                stop_all()
+                for p in procs:
+                    p.wait()
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop_all()
+        for p in procs:
+            p.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    run_worker(Path(sys.argv[1]))

@@ -1,0 +1,195 @@
+"""One-run layer: the one training loop both methods share, on a DeepSpeed engine.
+
+Read top to bottom: set-up, resume, then per optimizer step: schedules, micro-batches (forward,
+backward), the engine step, what runs once per optimizer step, logging, checkpoints, evaluation.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from scaling.config import ConfigError, RunConfig
+from scaling.data.loader import build_dataset, build_loader
+from scaling.describe import describe
+from scaling.models import build_model
+from scaling.objectives import build_objective
+from scaling.optim import Schedules
+from scaling.train import rundir as rd
+from scaling.train.checkpoint import Checkpoints
+from scaling.train.engine import build_ds_config, build_engine, device_kind, init_distributed
+from scaling.evaluate import evaluate
+from scaling.train.consolidate import save_consolidated
+from scaling.train.throughput import Throughput
+
+
+class StopRun(Exception):
+    """Raised inside the loop to end a run early with a reason (e.g. a pruned trial)."""
+
+
+def _all_true(flag: bool) -> bool:
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(int(t))
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    """Rank 0: create the layout; an existing run directory must hold the same config (resume)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
+    cfg_path = run_dir / rd.CONFIG
+    if cfg_path.exists():
+        existing = RunConfig.load(cfg_path)
+        if existing != cfg:
+            diff = {k: (v, cfg.to_dict()[k]) for k, v in existing.to_dict().items() if cfg.to_dict()[k] != v}
+            raise ConfigError("run_dir", f"{run_dir} holds a run with a different config {diff}; "
+                                         "pick a new --run-dir to start another run")
+    else:
+        rd.atomic_write(cfg_path, cfg.to_yaml())
+    rd.write_json(run_dir / rd.ENV, rd.environment())
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict], None] | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train `cfg` into `run_dir` (resuming it if it holds checkpoints); returns the summary.
+
+    Every rank of the process group calls this. `on_eval(step, metrics)` runs on rank 0 after each
+    evaluation and may raise StopRun (sweeps use it for pruning).
+    """
+    run_dir = Path(run_dir)
+    rank, world = init_distributed()
+    is_main = rank == 0
+    say = log if is_main else (lambda _msg: None)
+    if is_main:
+        prepare_run_dir(cfg, run_dir)
+    dist.barrier()
+
+    # Identical initial weights on every rank; then per-rank streams for DropToken / stochastic depth.
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    torch.manual_seed(cfg.seed * 1000 + rank + 1)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
+    objective = build_objective(cfg, world)
+    ds_config = build_ds_config(cfg, world)
+    if is_main:
+        rd.write_json(run_dir / rd.DS_CONFIG, ds_config)
+    engine, optimizer = build_engine(cfg, model, ds_config)
+    device = engine.device
+    schedules = Schedules(cfg)
+    checkpoints = Checkpoints(run_dir / rd.CHECKPOINTS, keep=2, log=say)
+
+    start_step, client = 0, {}
+    resumed = checkpoints.load_latest(engine, generator)
+    if resumed is not None:
+        start_step, client = resumed
+        objective.load_state_dict(client.get("objective", {}))
+        say(f"resumed from step {start_step} in {run_dir}")
+    logger = rd.MetricsLog(run_dir, start_step if resumed else None) if is_main else None
+
+    train_set = build_dataset(cfg.data, "train")
+    loader = build_loader(train_set, cfg.micro_batch, shuffle=True, seed=cfg.seed + cfg.data.seed,
+                          rank=rank, world_size=world, num_workers=cfg.data.num_workers)
+    per_epoch = len(loader.sampler) // cfg.micro_batch
+    if per_epoch < 1:
+        raise ConfigError("micro_batch", f"{cfg.micro_batch} is larger than a rank's share "
+                                         f"({len(loader.sampler)}) of the train split")
+
+    def batches(first_micro: int):
+        epoch, offset = divmod(first_micro, per_epoch)
+        while True:
+            loader.sampler.set_epoch(epoch, start=offset * cfg.micro_batch)
+            yield from loader
+            epoch, offset = epoch + 1, 0
+
+    info = describe(cfg, device_kind())
+    tokens = sum(v for k, v in info["tokens"].items() if k in ("video", "audio", "text", "student_total"))
+    meter = Throughput(info["flops_per_sample"], cfg.global_batch, device_kind(), tokens, world)
+    stream = batches(start_step * cfg.accumulation)
+    wall_start = time.time() - float(client.get("wall_s", 0.0))
+    end_reason, last_metrics, eval_metrics = "completed", {}, dict(client.get("eval", {}))
+
+    saved = [start_step]
+
+    def save(step_done: int) -> None:
+        saved.append(step_done)
+        checkpoints.save(engine, step_done, {"objective": objective.state_dict(), "wall_s": time.time() - wall_start,
+                                             "eval": eval_metrics}, generator)
+
+    step = start_step
+    try:
+        while step < cfg.total_steps:
+            meter.start()
+            scalars = schedules.apply(engine.optimizer, step)
+            sums: dict[str, float] = {}
+            for _ in range(cfg.accumulation):
+                loss, metrics = objective.loss(engine, next(stream), step, generator)
+                if not _all_true(math.isfinite(loss.item())):
+                    end_reason = "nonfinite_loss"
+                    raise StopRun(f"the loss is not finite at step {step + 1}")
+                engine.backward(loss)
+                engine.step()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
+            grad_norm = engine.get_global_grad_norm()
+            grad_norm = None if grad_norm is None else float(grad_norm)
+            # fp16 skips overflowing steps by itself; otherwise stop before any save of bad weights.
+            if cfg.precision != "fp16" and not _all_true(grad_norm is None or math.isfinite(grad_norm)):
+                end_reason = "nonfinite_grad"
+                raise StopRun(f"the gradient norm is not finite at step {step + 1}")
+            scalars.update(objective.after_optimizer_step(engine, step))
+            step += 1
+            last_metrics = {**sums, **scalars, **meter.stop(step)}
+            if grad_norm is not None:
+                last_metrics["grad_norm"] = grad_norm
+            if is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == start_step + 1):
+                logger.log(step, last_metrics)
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps:
+                eval_metrics = evaluate(cfg, engine, objective)
+                if is_main:
+                    logger.log(step, eval_metrics, prefix="eval")
+                    if on_eval:
+                        on_eval(step, eval_metrics)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
+                save(step)
+        if step > saved[-1] or resumed is None:
+            save(step)
+        eval_metrics = evaluate(cfg, engine, objective)
+        save_consolidated(engine, run_dir / "model.pt")
+    except StopRun as stop:
+        say(f"run stopped: {stop}")
+        if end_reason == "completed":
+            end_reason = "stopped"
+    except KeyboardInterrupt:
+        end_reason = "interrupted"
+        raise
+    except BaseException as err:
+        end_reason = f"error: {type(err).__name__}: {err}"
+        raise
+    finally:
+        summary = None
+        if is_main:
+            if logger and eval_metrics:
+                logger.log(step, eval_metrics, prefix="eval")
+            summary = {
+                "end_reason": end_reason, "steps": step, "planned_steps": cfg.total_steps,
+                "samples_seen": step * cfg.global_batch, "params": info["params"],
+                "flops_per_sample": info["flops_per_sample"], "total_flops": info["flops_per_sample"] * step * cfg.global_batch,
+                "wall_s": round(time.time() - wall_start, 2), "final": {**last_metrics, **eval_metrics},
+                "negatives_per_positive": info["batch"].get("negatives_per_positive"),
+            }
+            rd.write_json(run_dir / rd.SUMMARY, summary)
+            if logger:
+                if end_reason == "completed":
+                    logger.hparams(hparams_of(cfg), {**eval_metrics, "loss": last_metrics.get("loss", float("nan"))})
+                logger.close()
+    return summary or {}
+
+
+def hparams_of(cfg: RunConfig) -> dict[str, Any]:
+    return {"method": cfg.method, "size": cfg.size, "drop_rate": cfg.drop_rate, "global_batch": cfg.global_batch,
+            "micro_batch": cfg.micro_batch, "lr": cfg.lr, "seed": cfg.seed, "zero_stage": cfg.zero_stage,
+            "samples": cfg.total_samples}

@@ -1,0 +1,102 @@
+"""One-run layer: the self-describing run directory (config, DeepSpeed config, environment,
+metrics.jsonl, TensorBoard events, summary) and the rank-0 metrics logger that never repeats a step.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+CONFIG, DS_CONFIG, METRICS, SUMMARY, ENV = "config.yaml", "ds_config.json", "metrics.jsonl", "summary.json", "env.json"
+TB, CHECKPOINTS = "tb", "checkpoints"
+HPARAMS_RUN = "hparams"  # the fixed sub-run name: one HParams row per run
+
+
+def new_run_dir(root: str | Path = "runs", cfg=None) -> Path:
+    """A fresh folder under `root`, named by time and the config's main axes."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = stamp if cfg is None else f"{stamp}-{cfg.method}-{cfg.size}-b{cfg.global_batch}-r{cfg.drop_rate:g}-s{cfg.seed}"
+    path = Path(root) / name
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{name}.{n}"
+    return path
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    import deepspeed
+    import torch
+
+    return {
+        "python": sys.version.split()[0], "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+        "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "hostname": socket.gethostname(), "git_commit": git_commit(), "argv": sys.argv,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+class MetricsLog:
+    """metrics.jsonl plus TensorBoard scalars, written by rank 0.
+
+    On resume from step s, lines after s are dropped from metrics.jsonl and TensorBoard is told to
+    purge events after s, so every step appears exactly once however often the run restarts.
+    """
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = run_dir / METRICS
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            atomic_write(self.path, "".join(line + "\n" for line in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        self.file = self.path.open("a")
+        purge = None if resume_step is None else resume_step + 1
+        self.tb = SummaryWriter(log_dir=str(run_dir / TB), purge_step=purge)
+
+    def log(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+        row = {"step": step, "time": round(dt.datetime.now().timestamp(), 3),
+               **{f"{prefix}/{k}": v for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        final = {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.tb.add_hparams(clean, final, run_name=HPARAMS_RUN)
+
+    def close(self) -> None:
+        self.tb.flush()
+        self.tb.close()
+        self.file.close()
