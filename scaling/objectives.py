@@ -128,8 +128,8 @@ class DINOObjective:
         student = torch.log_softmax(student_out[:teacher_out.shape[0]] / fn.student_temp, dim=-1)
         log_teacher = teacher.clamp_min(1e-12).log()
         entropy = -(teacher * log_teacher).sum(-1).mean().item()
-        kl = (teacher * (log_teacher - student)).sum(-1).mean().item()  # KL(teacher || student), global views
-        return {"teacher_entropy": entropy, "kl_teacher_student": kl, "center_norm": fn.center.norm().item(),
+        kl = (student.exp() * (student - log_teacher)).sum(-1).mean().item()  # KL(student || teacher), global views
+        return {"teacher_entropy": entropy, "kl_student_teacher": kl, "center_norm": fn.center.norm().item(),
                 "log_out_dim": math.log(self.cfg.dino.out_dim), "teacher_temp": temp}
 
     def teacher_momentum(self, step: int) -> float:

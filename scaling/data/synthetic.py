@@ -141,11 +141,11 @@ class SyntheticClips(torch.utils.data.Dataset):
         self.pixel_noise = 0.1 * self.difficulty
         self.texture_amplitude = 0.05 + 0.2 * self.difficulty
         self.audio_noise = 0.3 * self.difficulty
-        # Colour diversity grows with difficulty: 3 object colours at 0, the whole palette at 1,
+        # Colour diversity grows with difficulty: one object colour at 0, the whole palette at 1,
         # and the background's offset from the object colour spreads from 0.1 to 0.3 per channel.
         # Few colours keep colour from being the easiest instance feature two crops (or a clip
         # and its caption) share, without tying colour to the class.
-        self.num_colours = 3 + int(round((len(PALETTE) - 3) * self.difficulty))
+        self.num_colours = 1 + int(round((len(PALETTE) - 1) * self.difficulty))
         self.background_jitter = 0.1 + 0.2 * self.difficulty
         # Noise comes from banks drawn once from the seed, then indexed per clip: drawing fresh
         # Gaussian noise for every pixel would cost more than rendering the rest of the clip.
@@ -319,10 +319,12 @@ class SyntheticClips(torch.utils.data.Dataset):
         u = torch.from_numpy(np.minimum(u64, 1.0 - 2.0**-24).astype(np.float32))
         t = torch.arange(self.audio_samples, dtype=torch.float32)[None, :] / self.sample_rate
         root = torch.tensor(ROOT_HZ)[torch.from_numpy(shape_id)]
-        root = root * (1.0 + 0.03 * (u[:, DETUNE] - 0.5))  # instance detune, well under a semitone
+        # Instance detune (well under a semitone) and start phase grow with difficulty: at 0 every clip
+        # of a class plays the same waveform up to its rhythm and loudness, so the chord is easy to hear.
+        root = root * (1.0 + 0.03 * self.difficulty * (u[:, DETUNE] - 0.5))
         semitones = torch.tensor(CHORD_SEMITONES, dtype=torch.float32)[torch.from_numpy(direction_id)]
         omega = (2 * math.pi) * root[:, None] * torch.pow(2.0, semitones / 12.0)
-        phase = u[:, AUDIO_PHASE, None] * (2 * math.pi)
+        phase = u[:, AUDIO_PHASE, None] * (2 * math.pi * self.difficulty)
         tone = torch.zeros(len(u), self.audio_samples)
         scratch = torch.empty_like(tone)
         for k in range(omega.shape[1]):
@@ -354,7 +356,8 @@ class SyntheticClips(torch.utils.data.Dataset):
             clip = []
             for k in range(self.captions):
                 c = CAPTION + k * PER_CAPTION
-                pick = lambda words, col: words[int(row[c + col] * len(words))]  # noqa: E731
+                # Synonym diversity grows with difficulty: the first `1 + difficulty * (n - 1)` words.
+                pick = lambda words, col: words[int(row[c + col] * (1 + round(self.difficulty * (len(words) - 1))))]  # noqa: E731
                 clip.append(TEMPLATES[(first_template + k) % len(TEMPLATES)].format(
                     shape=pick(SHAPE_WORDS[SHAPES[s]], 1), motion=pick(DIRECTION_WORDS[DIRECTIONS[d]], 2),
                     colour=pick(colour_words, 3) + " " if row[c + 5] < self.difficulty else "",

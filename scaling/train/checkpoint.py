@@ -106,8 +106,12 @@ class Checkpoints:
                 return f"{name} is corrupt (checksum mismatch)"
         return None
 
-    def load_latest(self, engine, generator: torch.Generator) -> tuple[int, dict[str, Any]] | None:
-        """Restore the newest sound checkpoint on every rank; damaged ones are skipped with a message."""
+    def load_latest(self, engine) -> tuple[int, dict[str, Any]] | None:
+        """Restore the newest sound checkpoint on every rank; damaged ones are skipped with a message.
+
+        The client state carries this rank's RNG states under "rng"; apply them with `set_rng_state`
+        right before the first step, so nothing in between can draw from them.
+        """
         for step in self.complete():
             reason = self.problem(step)
             ok = torch.tensor([0 if reason else 1])
@@ -118,7 +122,7 @@ class Checkpoints:
                 continue
             _, client_state = engine.load_checkpoint(str(self.root), tag=_tag(step), load_optimizer_states=True,
                                                      load_lr_scheduler_states=False)
-            state = torch.load(self.root / _tag(step) / f"rng_rank{dist.get_rank()}.pt", weights_only=False)
-            set_rng_state(state, generator)
+            client_state["rng"] = torch.load(self.root / _tag(step) / f"rng_rank{dist.get_rank()}.pt",
+                                             weights_only=False)
             return step, client_state
         return None

@@ -20,7 +20,7 @@ from scaling.models import build_model
 from scaling.objectives import build_objective
 from scaling.optim import Schedules
 from scaling.train import rundir as rd
-from scaling.train.checkpoint import Checkpoints
+from scaling.train.checkpoint import Checkpoints, set_rng_state
 from scaling.train.engine import build_ds_config, build_engine, device_kind, init_distributed
 from scaling.evaluate import evaluate
 from scaling.train.consolidate import save_consolidated
@@ -83,7 +83,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     checkpoints = Checkpoints(run_dir / rd.CHECKPOINTS, keep=2, log=say)
 
     start_step, client = 0, {}
-    resumed = checkpoints.load_latest(engine, generator)
+    resumed = checkpoints.load_latest(engine)
     if resumed is not None:
         start_step, client = resumed
         objective.load_state_dict(client.get("objective", {}))
@@ -120,6 +120,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                                              "eval": eval_metrics}, generator)
 
     step = start_step
+    if "rng" in client:
+        set_rng_state(client["rng"], generator)  # last thing before the first step: exact resume
     try:
         while step < cfg.total_steps:
             meter.start()

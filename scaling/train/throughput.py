@@ -15,8 +15,9 @@ def matmul_peak_flops(device: str = "cpu", seconds: float = 0.3) -> float:
     """The FLOP/s a large square matmul reaches here (bf16 on GPU, fp32 on CPU): MFU's denominator."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     n = 8192 if device == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # never the run's RNG streams
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     a @ b  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()

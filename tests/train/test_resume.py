@@ -1,0 +1,89 @@
+"""Exact resume after SIGKILL, damaged checkpoints, and runs stopped by a non-finite loss."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import read_metrics, run_cli
+
+RESUME = ["steps=8", "checkpoint_every=2", "eval.linear_probe=true"]
+
+
+def test_sigkilled_two_rank_run_resumes_to_the_same_result(tmp_path, tiny):
+    args = ["train", *tiny, *RESUME, "method=dino", "zero_stage=2", "--nproc", "2"]
+    straight = tmp_path / "straight"
+    run_cli(*args, "--run-dir", str(straight))
+
+    killed = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.Popen([sys.executable, "-m", "scaling.cli", *args, "--run-dir", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_00000004" / "COMPLETE.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+
+    out = run_cli("train", "--run-dir", str(killed), "--nproc", "2").stdout
+    a = json.loads((straight / "summary.json").read_text())["final"]
+    b = json.loads((killed / "summary.json").read_text())["final"]
+    for key in ("loss", "knn_top1", "linear_top1", "teacher_entropy"):
+        assert abs(a[key] - b[key]) <= 1e-6, (key, a[key], b[key])
+    steps = [m["step"] for m in read_metrics(killed) if "train/loss" in m]
+    assert steps == sorted(set(steps)) == list(range(1, 9))  # each step exactly once
+    assert re.search(r"resumed from step [46]\b", out)
+
+
+def test_a_truncated_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    run_cli("train", *tiny, "steps=4", "checkpoint_every=2", "method=vatt", "--run-dir", str(run_dir))
+    states = run_dir / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt"
+    states.write_bytes(states.read_bytes()[: states.stat().st_size // 2])
+    (run_dir / "summary.json").unlink()
+    out = run_cli("train", "--run-dir", str(run_dir)).stdout
+    assert "skipping checkpoint step_00000004: mp_rank_00_model_states.pt is truncated" in out
+    assert "resumed from step 2" in out
+    assert json.loads((run_dir / "summary.json").read_text())["end_reason"] == "completed"
+    steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_corrupt_checkpoint_with_intact_size_is_caught_by_its_checksum(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    run_cli("train", *tiny, "steps=4", "checkpoint_every=2", "method=vatt", "--run-dir", str(run_dir))
+    rng = run_dir / "checkpoints" / "step_00000004" / "rng_rank0.pt"
+    data = bytearray(rng.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rng.write_bytes(bytes(data))
+    out = run_cli("train", "--run-dir", str(run_dir)).stdout
+    assert "skipping checkpoint step_00000004: rng_rank0.pt is corrupt" in out
+
+
+NAN_SCRIPT = """
+import sys, torch
+from scaling.config import RunConfig
+from scaling.objectives import VATTObjective
+from scaling.train.loop import train
+original = VATTObjective.loss
+def loss(self, model, batch, step, generator=None):
+    value, metrics = original(self, model, batch, step, generator)
+    return (value * float("nan") if step == 2 else value), metrics
+VATTObjective.loss = loss
+cfg = RunConfig.load(None, sys.argv[2:])
+train(cfg, sys.argv[1])
+"""
+
+
+def test_a_nonfinite_loss_stops_the_run_and_writes_no_checkpoint_of_it(tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    subprocess.run([sys.executable, "-c", NAN_SCRIPT, str(run_dir), *tiny, "steps=6", "checkpoint_every=1"],
+                   check=True, capture_output=True, timeout=300)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["end_reason"] == "nonfinite_loss" and summary["steps"] == 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000001", "step_00000002"]
+    assert not (run_dir / "model.pt").exists()
