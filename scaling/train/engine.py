@@ -93,3 +93,18 @@ def build_engine(cfg, model: torch.nn.Module, ds_config: dict[str, Any]):
     optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.peak_lr, betas=(0.9, 0.999), fused=fused or None)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer
+
+
+def grad_norm_before_step(engine) -> float | None:
+    """The global gradient norm, for engines that do not report one (ZeRO stage 0 in fp32).
+
+    Called after the last backward of an optimizer step, when the gradients are already averaged
+    over ranks and not yet applied. ZeRO optimizers measure it themselves (get_global_grad_norm).
+    """
+    if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled():
+        return None
+    total = torch.zeros((), dtype=torch.float64)
+    for p in engine.module.parameters():
+        if p.grad is not None:
+            total += p.grad.detach().double().pow(2).sum().cpu()
+    return float(total.sqrt())

@@ -21,7 +21,7 @@ from scaling.objectives import build_objective
 from scaling.optim import Schedules
 from scaling.train import rundir as rd
 from scaling.train.checkpoint import Checkpoints, set_rng_state
-from scaling.train.engine import build_ds_config, build_engine, device_kind, init_distributed
+from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
 from scaling.evaluate import evaluate
 from scaling.train.consolidate import save_consolidated
 from scaling.train.throughput import Throughput
@@ -133,11 +133,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                     end_reason = "nonfinite_loss"
                     raise StopRun(f"the loss is not finite at step {step + 1}")
                 engine.backward(loss)
+                if engine.is_gradient_accumulation_boundary():
+                    measured = grad_norm_before_step(engine)
                 engine.step()
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
             grad_norm = engine.get_global_grad_norm()
-            grad_norm = None if grad_norm is None else float(grad_norm)
+            grad_norm = measured if grad_norm is None else float(grad_norm)
             # fp16 skips overflowing steps by itself; otherwise stop before any save of bad weights.
             if cfg.precision != "fp16" and not _all_true(grad_norm is None or math.isfinite(grad_norm)):
                 end_reason = "nonfinite_grad"
