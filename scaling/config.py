@@ -176,6 +176,7 @@ class EvalConfig:
     knn_temperature: float = 0.07
     every_steps: int = 0               # 0: only at the end
     linear_probe: bool = True
+    random_init: bool = True           # also evaluate the untrained backbone (the baseline), once
 
     def validate(self) -> None:
         _positive("eval.knn_k", self.knn_k)

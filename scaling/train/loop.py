@@ -117,7 +117,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     def save(step_done: int) -> None:
         saved.append(step_done)
         checkpoints.save(engine, step_done, {"objective": objective.state_dict(), "wall_s": time.time() - wall_start,
-                                             "eval": eval_metrics}, generator)
+                                             "eval": eval_metrics, "random_init": baseline}, generator)
+
+    baseline = dict(client.get("random_init", {}))
+    if cfg.eval.random_init and resumed is None:
+        baseline = evaluate(cfg, engine, objective)
+        if is_main:
+            logger.log(0, baseline, prefix="eval")
 
     step = start_step
     if "rng" in client:
@@ -183,6 +189,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                 "samples_seen": step * cfg.global_batch, "params": info["params"],
                 "flops_per_sample": info["flops_per_sample"], "total_flops": info["flops_per_sample"] * step * cfg.global_batch,
                 "wall_s": round(time.time() - wall_start, 2), "final": {**last_metrics, **eval_metrics},
+                "random_init": baseline,
                 "negatives_per_positive": info["batch"].get("negatives_per_positive"),
             }
             rd.write_json(run_dir / rd.SUMMARY, summary)

@@ -26,7 +26,7 @@ def test_train_runs_end_to_end_at_every_zero_stage(tmp_path, tiny, method, stage
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["end_reason"] == "completed" and summary["steps"] == 2 and summary["samples_seen"] == 16
     assert summary["total_flops"] == summary["flops_per_sample"] * 16
-    assert "knn_top1" in summary["final"]
+    assert "knn_top1" in summary["final"] and "knn_top1" in summary["random_init"]
     steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert steps == [1, 2]
     if method == "vatt":
