@@ -83,32 +83,6 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - _channel_view(IMAGENET_MEAN, x)) / _channel_view(IMAGENET_STD, x)
 
 
-def eval_view(x: torch.Tensor, size: int | None = None) -> torch.Tensor:
-    """Deterministic evaluation view: the whole clip/image, optionally centre-cropped to a square
-    and resized to size x size (the same region as resize-shorter-side + centre crop), normalised."""
-    _check_batch(x)
-    if size is not None:
-        _check_size("size", size)
-        video = x.ndim == 5
-        frames = x.transpose(1, 2).flatten(0, 1) if video else x
-        h, w = frames.shape[-2:]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        frames = frames[..., top : top + side, left : left + side]
-        if side != size:
-            out_dtype = frames.dtype
-            frames = frames.to(_work_dtype(out_dtype))
-            frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            frames = frames.clamp(0.0, 1.0).to(out_dtype)
-        x = frames.unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2) if video else frames
-    return normalize(x)
-
-
-# ---------------------------------------------------------------------------- colour ops
-# All ops below act on (N, T, C, H, W) with per-sample parameters shaped (N, 1, 1, 1, 1),
-# so one clip gets one set of parameters for all of its frames.
-
-
 def _gray(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(dim=2)
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(2)

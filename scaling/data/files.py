@@ -7,7 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
+try:  # PyAV is only needed to decode manifests; machines that never read files can lack it
+    import av
+except ImportError:  # pragma: no cover - exercised only where PyAV is absent
+    av = None
 import numpy as np
 import torch
 from PIL import Image
@@ -113,6 +116,8 @@ class ManifestClips(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for manifest {self.manifest_path} of {len(self)} clips")
         index = index % len(self)
         entry = self.entries[index]
+        if av is None:
+            raise ImportError("decoding manifest clips needs PyAV: pip install av")
         # Fewer captions than asked for are cycled so every clip yields the same (captions, max_words).
         chosen = [entry.captions[k % len(entry.captions)] for k in range(self.captions)]
         return {

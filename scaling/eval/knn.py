@@ -1,9 +1,7 @@
 """k-NN evaluation for the `scaling` suite (one run): DINO's weighted k-nearest-neighbour probe.
-Owns feature extraction from a loader and the cosine-similarity, temperature-weighted vote."""
+Owns the cosine-similarity, temperature-weighted vote."""
 
 from __future__ import annotations
-
-from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -86,36 +84,3 @@ def knn_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     _check_labels("test_labels", test_labels, num_classes)
     scores = knn_predict(train_feats, train_labels, test_feats, num_classes, k=k, temperature=temperature)
     return topk_accuracy(scores, test_labels, num_classes)
-
-
-def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], loader: Iterable[Mapping],
-                     device: str | torch.device = "cpu", key: str = "video") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``encode(batch[key])`` without gradients over every batch; return (feats, labels) on the CPU.
-
-    Batches are dicts holding `key` and "label". An ``nn.Module`` encoder is put in eval mode for the
-    pass (dropout off, norm statistics frozen) and restored afterwards.
-    """
-    module = encode if isinstance(encode, torch.nn.Module) else None
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.eval()
-    feats, labels = [], []
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if not isinstance(batch, Mapping) or key not in batch or "label" not in batch:
-                    keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-                    raise ValueError(f"batch {i} must be a dict with keys {key!r} and 'label', got {keys}")
-                out = encode(batch[key].to(device, non_blocking=True))
-                if not isinstance(out, torch.Tensor) or out.ndim != 2:
-                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                    raise ValueError(f"encode must return a (B, D) tensor of features, got {got}")
-                # Features go to the CPU so a large eval set never has to fit in device memory.
-                feats.append(out.float().cpu())
-                labels.append(torch.as_tensor(batch["label"]).long().view(-1).cpu())
-    finally:
-        if module is not None:
-            module.train(was_training)
-    if not feats:
-        raise ValueError("loader yielded no batches")
-    return torch.cat(feats), torch.cat(labels)

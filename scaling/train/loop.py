@@ -78,7 +78,6 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     if is_main:
         rd.write_json(run_dir / rd.DS_CONFIG, ds_config)
     engine, optimizer = build_engine(cfg, model, ds_config)
-    device = engine.device
     schedules = Schedules(cfg)
     checkpoints = Checkpoints(run_dir / rd.CHECKPOINTS, keep=2, log=say)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scaling.data.augment import MultiCrop, _hsv_to_rgb, _rgb_to_hsv, eval_view, measure_throughput, normalize
+from scaling.data.augment import MultiCrop, _hsv_to_rgb, _rgb_to_hsv, measure_throughput, normalize
 
 # Every random op switched off: crops are then plain resizes of the whole frame.
 PLAIN = dict(global_scale=(1.0, 1.0), local_scale=(1.0, 1.0), ratio=(1.0, 1.0), p_flip=0.0, p_jitter=0.0,
@@ -205,15 +205,6 @@ def test_hsv_conversion_matches_colorsys_and_round_trips():
     assert torch.allclose(_hsv_to_rgb(hsv), x, atol=1e-12)
 
 
-def test_eval_view_is_deterministic_centre_crop_and_normalisation():
-    x = torch.rand(2, 3, 4, 12, 16)
-    assert torch.allclose(eval_view(x), normalize(x))
-    view = eval_view(x, size=12)
-    assert view.shape == (2, 3, 4, 12, 12)
-    assert torch.allclose(view, normalize(x[..., 2:14]))
-    assert eval_view(torch.rand(2, 3, 20, 20), size=10).shape == (2, 3, 10, 10)
-
-
 def test_normalize_uses_imagenet_statistics():
     x = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
     assert torch.allclose(normalize(x), torch.zeros(1, 3, 2, 2), atol=1e-6)
@@ -261,8 +252,6 @@ def test_bad_inputs_raise_clear_errors():
         MultiCrop(8, 4, 1, local_frames=2)(torch.rand(1, 3, 10, 10))
     with pytest.raises(ValueError, match="3 \\(RGB\\) channels"):
         MultiCrop(8, 4, 1)(torch.rand(1, 1, 10, 10))
-    with pytest.raises(ValueError, match="size"):
-        eval_view(torch.rand(1, 3, 10, 10), size=0)
 
 
 def test_single_channel_works_with_colour_ops_off():

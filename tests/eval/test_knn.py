@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scaling.eval.knn import extract_features, knn_accuracy, knn_predict
+from scaling.eval.knn import knn_accuracy, knn_predict
 
 
 def clusters(n_per_class, num_classes, dim=16, spread=0.05, seed=0):
@@ -93,31 +93,3 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         knn_predict(**args)
-
-
-def test_extract_features_concatenates_batches_without_grad_in_eval_mode():
-    torch.manual_seed(0)
-    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.9), torch.nn.Linear(12, 4))
-    encoder.train()
-    videos = torch.randn(5, 3, 2, 2)
-    loader = [{"video": videos[:3], "label": torch.tensor([0, 1, 2])}, {"video": videos[3:], "label": [3, 4]}]
-    feats, labels = extract_features(encoder, loader)
-    assert feats.shape == (5, 4) and not feats.requires_grad
-    assert torch.equal(labels, torch.arange(5))
-    encoder.eval()
-    assert torch.allclose(feats, encoder(videos).detach())  # dropout was off during extraction
-    encoder.train()
-    extract_features(encoder, loader)
-    assert encoder.training  # mode restored
-
-
-def test_extract_features_reads_the_requested_key_and_rejects_bad_batches():
-    loader = [{"audio": torch.ones(2, 3), "label": torch.tensor([1, 0])}]
-    feats, _ = extract_features(lambda x: x * 2, loader, key="audio")
-    assert torch.equal(feats, torch.full((2, 3), 2.0))
-    with pytest.raises(ValueError, match="'video' and 'label'"):
-        extract_features(lambda x: x, loader)
-    with pytest.raises(ValueError, match="no batches"):
-        extract_features(lambda x: x, [])
-    with pytest.raises(ValueError, match=r"\(B, D\)"):
-        extract_features(lambda x: x.sum(), loader, key="audio")
