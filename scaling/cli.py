@@ -7,8 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from scaling.config import ConfigError, RunConfig
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -52,16 +55,29 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scaling.quickrun import quick_run
+    """One short run of each method on the synthetic clips (the main job until the sweep demo)."""
+    from scaling.train.loop import train
+    from scaling.train.rundir import SUMMARY
 
+    rows = []
     for method in ("vatt", "dino"):
-        cfg = RunConfig.load(args.config, [f"method={method}", *args.overrides]) if args.config else \
-            RunConfig.load(None, [f"method={method}", "steps=60", "dino.out_dim=1024", "dino.local_crops=4",
-                                  "global_batch=32", "micro_batch=32", "data.train_size=1024",
-                                  "data.eval_size=512", "data.num_workers=0", *args.overrides])
-        result = quick_run(cfg, log=print)
-        print(json.dumps({"method": method, **result}))
-    return 0
+        config = args.config or str(CONFIGS / f"demo_{method}.yaml")
+        cfg = RunConfig.load(config, args.overrides)
+        run_dir = Path(args.runs) / f"demo-{cfg.method}"
+        summary_path = run_dir / SUMMARY
+        if summary_path.exists() and json.loads(summary_path.read_text()).get("end_reason") == "completed":
+            print(f"[{method}] finished earlier in {run_dir}; reusing it")
+            summary = json.loads(summary_path.read_text())
+        else:
+            print(f"[{method}] training into {run_dir} (watch: tensorboard --logdir {run_dir / 'tb'})")
+            summary = train(cfg, run_dir)
+        rows.append((method, summary))
+    print(f"\n{'method':<6} {'steps':>6} {'k-NN random init':>17} {'k-NN trained':>13} {'linear trained':>15} {'wall s':>7}")
+    for method, s in rows:
+        print(f"{method:<6} {s['steps']:>6} {s['random_init'].get('knn_top1', float('nan')):>17.1f} "
+              f"{s['final'].get('knn_top1', float('nan')):>13.1f} {s['final'].get('linear_top1', float('nan')):>15.1f} "
+              f"{s['wall_s']:>7.0f}")
+    return 0 if all(s.get("end_reason") == "completed" for _, s in rows) else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -106,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="a short single run of each method on the synthetic clips")
-    _config_args(p)
+    p = sub.add_parser("demo", help="a short run of each method on the synthetic clips, with its random-init baseline")
+    p.add_argument("--config", "-c", help="one RunConfig YAML for both methods (default: the packaged demo configs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--runs", default="runs", help="where the demo's run directories go (default: runs/)")
     p.set_defaults(func=cmd_demo)
     return parser
 

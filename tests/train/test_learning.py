@@ -1,0 +1,21 @@
+"""A short run of each method (the `scaling demo` configs) learns the class: the loss falls and the
+k-NN top-1 of the trained backbone clearly beats the same backbone at random init."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import read_metrics, run_cli
+
+CONFIGS = Path(__file__).resolve().parents[2] / "scaling" / "configs"
+
+
+@pytest.mark.parametrize("method", ["vatt", "dino"])
+def test_a_short_run_learns_the_class_beyond_random_init(tmp_path, method):
+    run_dir = tmp_path / method
+    run_cli("train", "--config", str(CONFIGS / f"demo_{method}.yaml"), "--run-dir", str(run_dir), timeout=1200)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
+    assert summary["end_reason"] == "completed"
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert summary["final"]["knn_top1"] >= summary["random_init"]["knn_top1"] + 15, summary
