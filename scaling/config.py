@@ -270,6 +270,9 @@ class RunConfig:
         self.vatt.validate()
         self.dino.validate()
         self.eval.validate()
+        if self.data.source == "synthetic" and self.data.train_size // self.world_size < self.micro_batch:
+            raise ConfigError("data.train_size", f"got {self.data.train_size}; each of the {self.world_size} "
+                                                 f"ranks needs at least micro_batch={self.micro_batch} clips")
         if self.method == "vatt" and self.data.source == "images":
             raise ConfigError("data.source", "VATT needs clips with audio and captions; "
                                              "allowed for method=vatt: 'synthetic', 'manifest'")

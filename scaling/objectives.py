@@ -40,7 +40,9 @@ class VATTObjective:
         # VATT's video augmentation: random resized crop and colour jitter; no blur/solarise. No
         # horizontal flip: it would mirror the motion direction that the audio and captions name.
         r = cfg.data.resolution
-        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_flip=0.0, p_gray=0.0,
+        # No flip: mirroring reverses the motion direction, which is part of the class. No hue
+        # shift: the HSV round trip is the costliest op on a CPU and VATT's colour cue is weak.
+        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_flip=0.0, hue=0.0, p_gray=0.0,
                                  p_blur=(0.0, 0.0, 0.0), p_solarize=(0.0, 0.0, 0.0))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,

@@ -63,6 +63,7 @@ def test_overrides_parse_yaml_values_into_nested_sections():
     (["dino.local_scale=[0.5, 0.1]"], "dino.local_scale", "0 < lo <= hi <= 1"),
     (["steps=null"], "steps", "exactly one of steps or samples"),
     (["samples=1000"], "samples", "multiple of global_batch"),
+    (["data.train_size=100", "micro_batch=64", "world_size=2", "global_batch=128"], "data.train_size", "at least micro_batch"),
 ])
 def test_invalid_values_fail_at_construction_naming_field_and_allowed(overrides, field, allowed):
     base = ["steps=10"] if not any(o.startswith(("steps", "samples")) for o in overrides) else []
