@@ -57,20 +57,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """One short run of each method on the synthetic clips (the main job until the sweep demo)."""
     from scaling.train.loop import train
-    from scaling.train.rundir import SUMMARY
 
     rows = []
     for method in ("vatt", "dino"):
         config = args.config or str(CONFIGS / f"demo_{method}.yaml")
         cfg = RunConfig.load(config, args.overrides)
         run_dir = Path(args.runs) / f"demo-{cfg.method}"
-        summary_path = run_dir / SUMMARY
-        if summary_path.exists() and json.loads(summary_path.read_text()).get("end_reason") == "completed":
-            print(f"[{method}] finished earlier in {run_dir}; reusing it")
-            summary = json.loads(summary_path.read_text())
-        else:
-            print(f"[{method}] training into {run_dir} (watch: tensorboard --logdir {run_dir / 'tb'})")
-            summary = train(cfg, run_dir)
+        print(f"[{method}] {run_dir} (watch: tensorboard --logdir {run_dir / 'tb'})")
+        summary = train(cfg, run_dir)
         rows.append((method, summary))
     print(f"\n{'method':<6} {'steps':>6} {'k-NN random init':>17} {'k-NN trained':>13} {'linear trained':>15} {'wall s':>7}")
     for method, s in rows:

@@ -85,6 +85,10 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     resumed = checkpoints.load_latest(engine)
     if resumed is not None:
         start_step, client = resumed
+        done = rd.read_summary(run_dir)
+        if start_step >= cfg.total_steps and done.get("end_reason") == "completed":
+            say(f"{run_dir} finished earlier; nothing to do")
+            return done
         objective.load_state_dict(client.get("objective", {}))
         say(f"resumed from step {start_step} in {run_dir}")
     logger = rd.MetricsLog(run_dir, start_step if resumed else None) if is_main else None
@@ -132,6 +136,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
             meter.start()
             scalars = schedules.apply(engine.optimizer, step)
             sums: dict[str, float] = {}
+            measured = None
             for _ in range(cfg.accumulation):
                 loss, metrics = objective.loss(engine, next(stream), step, generator)
                 if not _all_true(math.isfinite(loss.item())):
@@ -181,7 +186,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     finally:
         summary = None
         if is_main:
-            if logger and eval_metrics:
+            if logger and eval_metrics and end_reason == "completed":
                 logger.log(step, eval_metrics, prefix="eval")
             summary = {
                 "end_reason": end_reason, "steps": step, "planned_steps": cfg.total_steps,

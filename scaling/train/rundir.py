@@ -41,6 +41,12 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json, or {} when there is none yet."""
+    path = Path(run_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,

@@ -51,6 +51,10 @@ def test_a_truncated_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path,
     assert json.loads((run_dir / "summary.json").read_text())["end_reason"] == "completed"
     steps = [m["step"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert steps == [1, 2, 3, 4]
+    before = (run_dir / "metrics.jsonl").read_text()
+    again = run_cli("train", "--run-dir", str(run_dir)).stdout
+    assert "finished earlier; nothing to do" in again
+    assert (run_dir / "metrics.jsonl").read_text() == before
 
 
 def test_a_corrupt_checkpoint_with_intact_size_is_caught_by_its_checksum(tmp_path, tiny):
