@@ -67,6 +67,10 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     if is_main:
         prepare_run_dir(cfg, run_dir)
     dist.barrier()
+    done = rd.read_summary(run_dir)
+    if done.get("end_reason") == "completed" and done.get("steps", 0) >= cfg.total_steps:
+        say(f"{run_dir} finished earlier; nothing to do")
+        return done
 
     # Identical initial weights on every rank; then per-rank streams for DropToken / stochastic depth.
     torch.manual_seed(cfg.seed)
@@ -85,10 +89,6 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     resumed = checkpoints.load_latest(engine)
     if resumed is not None:
         start_step, client = resumed
-        done = rd.read_summary(run_dir)
-        if start_step >= cfg.total_steps and done.get("end_reason") == "completed":
-            say(f"{run_dir} finished earlier; nothing to do")
-            return done
         objective.load_state_dict(client.get("objective", {}))
         say(f"resumed from step {start_step} in {run_dir}")
     logger = rd.MetricsLog(run_dir, start_step if resumed else None) if is_main else None
