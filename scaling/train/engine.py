@@ -69,7 +69,7 @@ def init_distributed() -> tuple[int, int]:
                          ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, default)
     if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device_kind() == "cuda" else "gloo")
     if device_kind() == "cuda":
@@ -77,7 +77,7 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:

@@ -37,11 +37,11 @@ def run_worker(run_dir: Path) -> None:
 
 def launch_local(cfg: RunConfig, run_dir: Path, nproc: int) -> int:
     """Run `nproc` ranks as child processes of this one; returns the first non-zero exit code."""
-    from scaling.train.engine import _free_port
+    from scaling.train.engine import free_port
     from scaling.train.loop import prepare_run_dir
 
     prepare_run_dir(cfg, run_dir)
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(nproc):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),

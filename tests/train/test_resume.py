@@ -55,6 +55,12 @@ def test_a_truncated_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path,
     again = run_cli("train", "--run-dir", str(run_dir)).stdout
     assert "finished earlier; nothing to do" in again
     assert (run_dir / "metrics.jsonl").read_text() == before
+    # `scaling evaluate` reproduces the final evaluation from the consolidated weights.
+    run_cli("evaluate", str(run_dir))
+    final = json.loads((run_dir / "summary.json").read_text())["final"]
+    again = json.loads((run_dir / "eval.json").read_text())
+    for key in ("knn_top1", "linear_top1", "v2t_r1", "t2v_median_rank"):
+        assert abs(again[key] - final[key]) <= 1e-6, key
 
 
 def test_a_corrupt_checkpoint_with_intact_size_is_caught_by_its_checksum(tmp_path, tiny):
@@ -64,6 +70,7 @@ def test_a_corrupt_checkpoint_with_intact_size_is_caught_by_its_checksum(tmp_pat
     data = bytearray(rng.read_bytes())
     data[len(data) // 2] ^= 0xFF
     rng.write_bytes(bytes(data))
+    (run_dir / "summary.json").unlink()  # as if the run had died before finishing
     out = run_cli("train", "--run-dir", str(run_dir)).stdout
     assert "skipping checkpoint step_00000004: rng_rank0.pt is corrupt" in out
 
