@@ -24,8 +24,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(QUIET)
 	touch $(STAMP)
 
+# Some tests talk to real services on this machine: a one-node SLURM cluster and a PostgreSQL
+# server (tests/services.sh; installing and starting them needs root). `make test` starts the ones
+# that are not running and stops them afterwards; without root those tests skip (CI sets
+# SCALING_REQUIRE_SERVICES=1 so that they fail instead).
+SLURM_DIR ?= /tmp/scaling-slurm
+export SLURM_CONF ?= $(SLURM_DIR)/slurm.conf
+export SCALING_PG_URL ?= postgresql://postgres@127.0.0.1:55432/scaling
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@bash tests/services.sh up; \
+	rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	bash tests/services.sh down; \
+	exit $$rc
 
 demo: $(STAMP)
 	$(VENV)/bin/scaling demo

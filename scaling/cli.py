@@ -79,7 +79,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise ConfigError("--nproc", f"got {args.nproc}; must be >= 1")
-    cfg, run_dir = resolve_run(args.config, args.overrides, args.run_dir, args.nproc)
+    configs = args.config or [None]
+    if len(configs) > 1 and args.run_dir:
+        raise ConfigError("--run-dir", "names one run; several --config files each get a fresh run directory")
+    if args.launcher != "direct":
+        return _submit_train(args, configs)
+    for flag in ("profile", "nodes", "time", "parallelism"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag}", "applies to --launcher slurm|local|debug only")
+    if len(configs) > 1:
+        raise ConfigError("--config", "several runs at once need --launcher slurm or local (one job array)")
+    cfg, run_dir = resolve_run(configs[0], args.overrides, args.run_dir, args.nproc)
     print(f"run directory: {run_dir}")
     print(f"watch: tensorboard --logdir {run_dir / 'tb'}")
     if args.nproc == 1:
@@ -88,6 +98,128 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(cfg, run_dir)
         return 0 if summary.get("end_reason") == "completed" else 1
     return launch_local(cfg, run_dir, args.nproc)
+
+
+def _submit_train(args: argparse.Namespace, configs: list) -> int:
+    """`scaling train --launcher slurm|local|debug`: submit the run(s) through submitit."""
+    import os
+
+    from scaling.train.launch import resolve_run
+    from slurm.jobs import submit, wait
+    from slurm.profile import load_profile, resources
+
+    profile = None
+    if args.launcher == "slurm":
+        if args.profile is None:
+            from slurm.profile import ProfileError, available_profiles
+
+            raise ProfileError("--profile", f"--launcher slurm needs a profile; available: {', '.join(available_profiles())}")
+        profile = load_profile(args.profile)
+        res = resources(profile, args.nproc, nodes=args.nodes, time=args.time)
+    elif args.launcher == "local":
+        res = resources(load_profile(args.profile or "local"), args.nproc, nodes=args.nodes or 1, time=args.time)
+    else:
+        res = None
+    runs = []
+    try:
+        for config in configs:
+            runs.append(resolve_run(config, args.overrides, args.run_dir, args.nproc))
+        jobs = submit(runs, args.launcher, profile=profile, res=res, parallelism=args.parallelism)
+    except BaseException:
+        for _, run_dir in runs:  # fresh folders that nothing was written to
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+    run_dirs = [d for _, d in runs]
+    for job, run_dir in zip(jobs, run_dirs):
+        print(f"submitted job {job.job_id} ({args.launcher}): {run_dir}")
+        if args.launcher != "debug":
+            print(f"  logs: {job.paths.stdout}  {job.paths.stderr} (task 0; one pair per task)")
+    logdir = run_dirs[0] if len(run_dirs) == 1 else os.path.commonpath([str(d) for d in run_dirs])
+    print(f"watch: tensorboard --logdir {logdir}")
+    if not (args.wait or args.launcher == "debug"):
+        print("follow: scaling jobs")
+        return 0
+    reasons = wait(jobs, run_dirs)
+    for run_dir, reason in reasons.items():
+        print(f"{run_dir}: {reason}")
+    return 0 if all(r == "completed" for r in reasons.values()) else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from slurm.jobs import JOB_RECORD, progress, read_record, run_states
+
+    root = Path(args.runs)
+    run_dirs = sorted({p.parent for pattern in ("*/", "*/*/", "*/*/*/") for p in root.glob(pattern + JOB_RECORD)})
+    if not run_dirs:
+        print(f"no submitted runs under {root}/")
+        return 0
+    states = run_states(run_dirs)
+    print(f"{'job':<12} {'launcher':<8} {'state':<11} {'step':>11}  {'last metric':<28} run")
+    for run_dir in run_dirs:
+        rec, last = read_record(run_dir), progress(run_dir)
+        planned = _planned_steps(run_dir)
+        step = f"{last.get('step', 0)}/{planned}" if planned else str(last.get("step", 0))
+        metric = next(((k, last[k]) for k in ("eval/knn_top1", "train/loss") if isinstance(last.get(k), (int, float))), None)
+        metric_text = f"{metric[0]}={metric[1]:.4g}" if metric else "-"
+        print(f"{rec.get('job_id', '-'):<12} {rec.get('launcher', '-'):<8} {states[run_dir]:<11} {step:>11}  "
+              f"{metric_text:<28} {run_dir}")
+    return 0
+
+
+def _planned_steps(run_dir: Path) -> int | None:
+    try:
+        return RunConfig.load(run_dir / "config.yaml").total_steps
+    except (OSError, ConfigError):
+        return None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """`scaling sweep plan|submit|status|cancel|tensorboard SPEC`."""
+    from sweeps import commands
+    from sweeps.spec import load_spec
+
+    spec = load_spec(args.spec, check_storage=args.action != "plan")
+    if args.action == "plan":
+        commands.print_plan(spec, commands.plan(spec))
+        return 0
+    if args.action == "submit":
+        launcher = {k: v for k, v in (("type", args.launcher), ("profile", args.profile)) if v}
+        if launcher:
+            from sweeps.spec import SpecError
+
+            merged = {**spec.launcher, **launcher}
+            if merged["type"] == "slurm" and not merged.get("profile"):
+                raise SpecError("--profile", "a slurm launcher needs a cluster profile")
+        print(f"sweep {spec.name}: {spec.trials} trial(s), storage {commands.storage_url(spec)}")
+        print(f"watch: {' '.join(commands.tensorboard_command(spec))}")
+        commands.submit(spec, launcher)
+        if not args.wait:
+            print(f"follow: scaling sweep status {args.spec}")
+            return 0
+        final = commands.wait(spec, launcher)
+        return 0 if not final.get("FAIL") or _all_points_done(spec) else 1
+    if args.action == "status":
+        commands.print_status(spec, commands.status(spec), args.json)
+        return 0
+    if args.action == "cancel":
+        commands.cancel(spec)
+        return 0
+    cmd = commands.tensorboard_command(spec)
+    if not args.start:
+        print(" ".join(cmd))
+        return 0
+    import os
+
+    os.execvp(cmd[0], cmd)
+    return 0
+
+
+def _all_points_done(spec) -> bool:
+    from sweeps import commands
+
+    c = commands.counts(commands.status(spec))
+    return c.get("COMPLETE", 0) + c.get("PRUNED", 0) >= spec.trials
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -107,10 +239,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("train", help="train one RunConfig on a DeepSpeed engine into a run directory")
-    _config_args(p)
+    p.add_argument("--config", "-c", action="append",
+                   help="RunConfig YAML file; repeat it to submit several runs as one job array")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. size=tiny data.frames=8 dino.local_crops=4")
     p.add_argument("--run-dir", help="run directory (default: a new folder under runs/); an existing one resumes")
-    p.add_argument("--nproc", type=int, default=1, help="total number of ranks (local processes)")
+    p.add_argument("--nproc", type=int, default=1, help="total number of ranks")
+    p.add_argument("--launcher", choices=["direct", "slurm", "local", "debug"], default="direct",
+                   help="direct: run here (default); slurm: sbatch through a profile; local: submitit's local "
+                        "executor; debug: submitit in this process (for pdb)")
+    p.add_argument("--profile", help="cluster profile: a name in slurm/profiles/ or a .yaml path")
+    p.add_argument("--nodes", type=int, help="nodes to split --nproc over (default: as few as the profile allows)")
+    p.add_argument("--time", help="time limit, minutes or [D-]HH:MM:SS (default: the profile's)")
+    p.add_argument("--parallelism", type=int, help="most array elements running at once")
+    p.add_argument("--wait", action="store_true", help="block until the run ends; non-zero exit if it failed")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("jobs", help="the runs submitted with --launcher: job id, state, step, last metric")
+    p.add_argument("--runs", default="runs", help="where to look for submitted runs (default: runs/)")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("sweep", help="an Optuna sweep of RunConfigs: plan, submit, status, cancel, tensorboard")
+    p.add_argument("action", choices=["plan", "submit", "status", "cancel", "tensorboard"])
+    p.add_argument("spec", help="sweep spec: a .yaml path or the name of one in sweeps/")
+    p.add_argument("--wait", action="store_true", help="submit: follow the sweep until it ends, with progress")
+    p.add_argument("--launcher", choices=["slurm", "local", "debug"], help="submit: override the spec's launcher")
+    p.add_argument("--profile", help="submit: override the spec's cluster profile")
+    p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument("--start", action="store_true", help="tensorboard: start it instead of printing the command")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run from its run directory")
     p.add_argument("run_dir")

@@ -163,10 +163,16 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                 logger.log(step, last_metrics)
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps:
                 eval_metrics = evaluate(cfg, engine, objective)
+                stop = None
                 if is_main:
                     logger.log(step, eval_metrics, prefix="eval")
                     if on_eval:
-                        on_eval(step, eval_metrics)
+                        try:
+                            on_eval(step, eval_metrics)
+                        except StopRun as why:
+                            stop = str(why)
+                if not _all_true(stop is None):  # rank 0 decided: every rank leaves the loop together
+                    raise StopRun(stop or f"stopped by rank 0 at step {step}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
                 save(step)
         if step > saved[-1] or resumed is None:
@@ -177,7 +183,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
         say(f"run stopped: {stop}")
         if end_reason == "completed":
             end_reason = "stopped"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or submitit leaving for a requeue
         end_reason = "interrupted"
         raise
     except BaseException as err:

@@ -19,15 +19,18 @@ HPARAMS_RUN = "hparams"  # the fixed sub-run name: one HParams row per run
 
 
 def new_run_dir(root: str | Path = "runs", cfg=None) -> Path:
-    """A fresh folder under `root`, named by time and the config's main axes."""
+    """A fresh, newly created folder under `root`, named by time and the config's main axes."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = stamp if cfg is None else f"{stamp}-{cfg.method}-{cfg.size}-b{cfg.global_batch}-r{cfg.drop_rate:g}-s{cfg.seed}"
-    path = Path(root) / name
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{name}.{n}"
-    return path
+    Path(root).mkdir(parents=True, exist_ok=True)
+    path, n = Path(root) / name, 1
+    while True:  # create it, so two runs resolved in the same second never share a folder
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = Path(root) / f"{name}.{n}"
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -1,30 +1,7 @@
-"""Helpers for training tests: tiny runs through the real CLI, in subprocesses (each run owns its
-process group, as it would on a cluster)."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+"""Fixtures of the training tests."""
 import pytest
 
-TINY = ["steps=4", "global_batch=8", "micro_batch=4", "data.train_size=64", "data.eval_size=32",
-        "data.num_workers=0", "data.captions=2", "data.max_words=8", "data.vocab_size=1000", "log_every=1",
-        "dino.out_dim=64", "dino.hidden_dim=32", "dino.bottleneck_dim=16", "dino.local_crops=2"]
-
-
-def run_cli(*args, timeout=600, check=True, env=None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in (env or os.environ).items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "scaling.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"scaling {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+from clitools import TINY
 
 
 @pytest.fixture

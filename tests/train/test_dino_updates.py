@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from conftest import run_cli
+from clitools import run_cli
 
 COUNT_SCRIPT = """
 import json, sys

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, run_cli
+from clitools import read_metrics, run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "scaling" / "configs"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import read_metrics, run_cli
+from clitools import read_metrics, run_cli
 
 RESUME = ["steps=8", "checkpoint_every=2", "eval.linear_probe=true"]
 

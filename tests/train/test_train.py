@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from conftest import read_metrics, run_cli
+from clitools import read_metrics, run_cli
 
 
 @pytest.mark.parametrize("method", ["vatt", "dino"])

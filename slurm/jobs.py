@@ -1,0 +1,258 @@
+"""Where-layer: submit runs with submitit (SLURM, local processes, or in-process) and follow them.
+
+Each run directory is prepared (config.yaml) before submission, and gets a `job.json` record
+naming its job, launcher and logs. The submitted callable is `TrainJob(run_dir)`: every task
+exports the torch.distributed environment and calls `scaling.train.loop.train`, which resumes from
+the run's latest checkpoint. On USR2 (time limit near, or preemption) submitit calls
+`checkpoint()` on rank 0, which requeues a fresh `TrainJob` on the same run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from scaling.config import ConfigError, RunConfig
+from scaling.train import rundir as rd
+from slurm.cluster import FINAL_STATES, check_fits, job_states
+from slurm.profile import Profile, ProfileError, Resources
+
+LAUNCHERS = ("slurm", "local", "debug")
+JOB_RECORD = "job.json"
+LOGS = "logs"  # <run dir>/logs/<job id>/: submitit's pickles and one log pair per task
+
+
+class RunFailed(RuntimeError):
+    """The run ended without completing (for example a non-finite loss)."""
+
+
+@dataclass
+class TrainJob:
+    """The submitted callable: train the run in `run_dir` (resuming it) on every task of the job."""
+
+    run_dir: str
+
+    def __call__(self) -> dict[str, Any]:
+        import submitit
+
+        if "SUBMITIT_DEBUG_JOB_ID" not in os.environ:  # the debug launcher is one in-process rank
+            env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            print(f"rank {env.rank} of world size {env.world_size} (local rank {env.local_rank}) on "
+                  f"{socket.gethostname()}; master {env.master_addr}:{env.master_port}", flush=True)
+        cfg = RunConfig.load(Path(self.run_dir) / rd.CONFIG)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world != cfg.world_size:
+            raise ConfigError("world_size", f"the job has {world} tasks but the run was planned for "
+                                            f"{cfg.world_size} ranks")
+        summary = self.run(cfg)
+        reason = summary.get("end_reason", "completed")  # ranks other than 0 return {}
+        if reason.startswith("nonfinite") or reason.startswith("error"):
+            raise RunFailed(f"{self.run_dir}: {reason}")
+        return summary
+
+    def run(self, cfg: RunConfig) -> dict[str, Any]:
+        """Every rank: train (or resume) the run; the summary on rank 0, {} elsewhere."""
+        from scaling.train.loop import train
+
+        return train(cfg, self.run_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Requeue: a fresh callable on the same run directory resumes from its latest checkpoint."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
+
+
+def make_executor(launcher: str, folder: Path, *, profile: Profile | None = None, res: Resources | None = None,
+                  job_name: str = "scaling", parallelism: int | None = None):
+    """A submitit executor for `launcher`, with the profile's and the request's SLURM parameters."""
+    import submitit
+
+    if launcher not in LAUNCHERS:
+        raise ConfigError("--launcher", f"got {launcher!r}; allowed values: {', '.join(LAUNCHERS)}")
+    if launcher == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if res is None:
+        raise ValueError("the local and slurm launchers need the resources of the run")
+    if launcher == "local":
+        if res.nodes != 1:
+            raise ProfileError("--nodes", f"the local launcher runs on this machine only; got {res.nodes} nodes")
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=res.time_min, tasks_per_node=res.tasks_per_node,
+                                   gpus_per_node=res.gpus_per_node, nodes=1)
+        return executor
+    if profile is None:
+        raise ValueError("the slurm launcher needs a profile")
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_timeout_requeues,
+                                      python=profile.python)
+    params: dict[str, Any] = dict(
+        job_name=job_name, partition=profile.partition, nodes=res.nodes, ntasks_per_node=res.tasks_per_node,
+        cpus_per_task=res.cpus_per_task, time=res.time_min, signal_delay_s=profile.signal_delay_s,
+        setup=list(profile.setup),
+        # Logs of a requeued job continue the same files instead of replacing them.
+        additional_parameters={"open-mode": "append", **profile.sbatch},
+        srun_args=["--open-mode=append"],
+    )
+    for key in ("account", "qos", "constraint", "mem"):
+        if getattr(profile, key):
+            params[key] = getattr(profile, key)
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if parallelism:
+        params["array_parallelism"] = parallelism
+    executor.update_parameters(**params)
+    return executor
+
+
+def prepare(cfg: RunConfig, run_dir: Path) -> None:
+    """Write the run's config.yaml (and environment) so the job finds it; an existing run is kept."""
+    from scaling.train.loop import prepare_run_dir
+
+    prepare_run_dir(cfg, run_dir)
+
+
+def _record(run_dir: Path, job, launcher: str, profile: Profile | None, res: Resources | None) -> dict[str, Any]:
+    path = Path(run_dir) / JOB_RECORD
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    history = previous.get("history", [])
+    if previous.get("job_id"):
+        history.append({k: previous[k] for k in ("job_id", "launcher", "submitted_at") if k in previous})
+    record = {
+        "job_id": str(job.job_id), "launcher": launcher, "profile": profile.name if profile else None,
+        "resources": asdict(res) if res else None,
+        # The debug launcher prints to this terminal; the others log to files per task.
+        "stdout": None if launcher == "debug" else str(job.paths.stdout),
+        "stderr": None if launcher == "debug" else str(job.paths.stderr),
+        "submitted_at": dt.datetime.now().isoformat(timespec="seconds"), "history": history,
+    }
+    rd.write_json(path, record)
+    return record
+
+
+def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Profile | None = None,
+           res: Resources | None = None, logs: Path | None = None, parallelism: int | None = None,
+           job_name: str = "scaling", make_job: Callable[[str], Any] = TrainJob) -> list:
+    """Submit one job per run; several runs go as one job array (at most `parallelism` at once).
+
+    Everything is checked (profile, resources, partition) before anything is written or submitted.
+    `make_job(run_dir)` builds each submitted callable (a picklable object with `checkpoint()`, such
+    as TrainJob). Returns the submitit jobs, in the order of `runs`.
+    """
+    if not runs:
+        raise ConfigError("runs", "nothing to submit")
+    if launcher == "slurm":
+        if profile is None or res is None:
+            raise ProfileError("--profile", "the slurm launcher needs a profile")
+        check_fits(profile, res)
+    if launcher == "debug" and any(cfg.world_size != 1 for cfg, _ in runs):
+        raise ConfigError("--nproc", "the debug launcher runs one rank in this process; use --nproc 1")
+    if res is not None and any(cfg.world_size != res.ranks for cfg, _ in runs):
+        raise ConfigError("world_size", f"the runs must plan for {res.ranks} ranks (nodes x tasks per node)")
+    if parallelism is not None and (isinstance(parallelism, bool) or not isinstance(parallelism, int)
+                                    or parallelism < 1):
+        raise ConfigError("--parallelism", f"got {parallelism!r}; must be an integer >= 1")
+
+    run_dirs = [Path(d).resolve() for _, d in runs]
+    if len(set(run_dirs)) != len(run_dirs):
+        raise ConfigError("--run-dir", "two runs of one submission share a run directory")
+    if logs is None:
+        logs = run_dirs[0] / LOGS if len(runs) == 1 else Path(os.path.commonpath(run_dirs)) / LOGS
+    folder = Path(logs) / "%j"
+    executor = make_executor(launcher, folder, profile=profile, res=res, job_name=job_name, parallelism=parallelism)
+    for cfg, run_dir in zip((c for c, _ in runs), run_dirs):
+        prepare(cfg, run_dir)
+    if len(runs) == 1 or launcher == "debug":
+        jobs = [executor.submit(make_job(str(d))) for d in run_dirs]
+    else:
+        with executor.batch():
+            pending = [executor.submit(make_job(str(d))) for d in run_dirs]
+        jobs = list(pending)
+    for job, run_dir in zip(jobs, run_dirs):
+        _record(run_dir, job, launcher, profile, res)
+    if folder.is_dir() and not any(folder.iterdir()):  # the local executor creates the template itself
+        folder.rmdir()
+    return jobs
+
+
+# ----------------------------------------------------------------------------- following jobs
+def read_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / JOB_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+
+
+def run_states(run_dirs: Sequence[Path]) -> dict[Path, str]:
+    """The scheduler state of each run's latest job (SLURM state, or RUNNING/COMPLETED/FAILED locally)."""
+    records = {Path(d): read_record(d) for d in run_dirs}
+    slurm_ids = [r["job_id"] for r in records.values() if r.get("launcher") == "slurm"]
+    slurm = job_states(slurm_ids) if slurm_ids else {}
+    states = {}
+    for run_dir, rec in records.items():
+        if not rec:
+            states[run_dir] = "-"
+        elif rec["launcher"] == "slurm":
+            states[run_dir] = slurm.get(rec["job_id"], "UNKNOWN")
+        elif rec["launcher"] == "local" and _pid_alive(rec["job_id"]):
+            states[run_dir] = "RUNNING"
+        else:
+            reason = rd.read_summary(run_dir).get("end_reason")
+            states[run_dir] = "COMPLETED" if reason == "completed" else ("FAILED" if reason else "UNKNOWN")
+    return states
+
+
+def progress(run_dir: Path) -> dict[str, Any]:
+    """The run's last logged step and metrics (from the tail of metrics.jsonl)."""
+    path = Path(run_dir) / rd.METRICS
+    last: dict[str, Any] = {}
+    if path.is_file():
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            for line in f.read().decode(errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by the 64 KiB window
+                    continue
+                if "step" in row:
+                    last = {**last, **row} if row["step"] == last.get("step") else row
+    return last
+
+
+def wait(jobs: Sequence, run_dirs: Sequence[Path], *, poll_s: float = 5.0,
+         report: Callable[[str], None] = print) -> dict[Path, str]:
+    """Block until every run's job has ended; returns each run's end reason ('completed' or why not)."""
+    run_dirs = [Path(d) for d in run_dirs]
+    launcher = read_record(run_dirs[0]).get("launcher")
+    if launcher in ("local", "debug"):
+        for job in jobs:
+            try:
+                job.wait() if launcher == "local" else job.result()
+            except Exception as err:  # the run's own summary says what happened
+                report(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
+    else:
+        shown, unknown_polls = None, 0
+        while True:
+            states = run_states(run_dirs)
+            line = "  ".join(f"{d.name}: {s} step {progress(d).get('step', 0)}" for d, s in states.items())
+            if line != shown:
+                report(line)
+                shown = line
+            # A job the controller no longer knows has ended too (purged after MinJobAge); ask twice more.
+            unknown_polls = unknown_polls + 1 if "UNKNOWN" in states.values() else 0
+            if all(s in FINAL_STATES or (s == "UNKNOWN" and unknown_polls >= 3) for s in states.values()):
+                break
+            time.sleep(poll_s)
+    return {d: rd.read_summary(d).get("end_reason", "no summary") for d in run_dirs}

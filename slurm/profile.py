@@ -1,0 +1,211 @@
+"""Where-layer: cluster profiles (slurm/profiles/*.yaml) and the resources a run asks for.
+
+A profile describes a partition's nodes and site settings; `resources()` turns a rank count into
+nodes x tasks per node (one task per GPU, or one per rank on CPU nodes) and a time limit. Every
+mistake raises ProfileError naming the field, before anything reaches sbatch.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling.config import ConfigError
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+class ProfileError(ConfigError):
+    """A profile or resource request is invalid; the message names the field."""
+
+
+_MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
+_MEM_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def mem_mb(text: str) -> int:
+    """'16G' -> 16384 (SLURM's units: K, M (default), G, T)."""
+    m = _MEM.match(str(text).strip())
+    if not m:
+        raise ValueError(text)
+    return math.ceil(int(m.group(1)) * _MEM_MB[m.group(2).upper()])
+
+
+def time_minutes(value: Any) -> int:
+    """SLURM time formats -> whole minutes: 90, '90', 'HH:MM:SS', 'MM:SS', 'D-HH', 'D-HH:MM[:SS]'."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(value)
+        return value
+    m = _TIME.match(str(value).strip())
+    if not m:
+        raise ValueError(value)
+    days, a, b, c = m.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = int(a), int(b or 0), int(c or 0)
+        total = int(days) * 1440 + hours * 60 + minutes + seconds / 60
+    elif c is not None:  # HH:MM:SS
+        total = int(a) * 60 + int(b) + int(c) / 60
+    elif b is not None:  # MM:SS
+        total = int(a) + int(b) / 60
+    else:  # MM
+        total = int(a)
+    minutes = math.ceil(total)
+    if minutes < 1:
+        raise ValueError(value)
+    return minutes
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One cluster's partition and site settings."""
+
+    name: str
+    partition: str
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int = 0             # 0: CPU nodes, one task per rank
+    tasks_per_node: int | None = None  # CPU nodes: most ranks per node (GPU nodes: = GPUs per node)
+    cpus_per_task: int = 1
+    mem: str | None = None             # per node, SLURM units (e.g. 64G)
+    time: str | int = "01:00:00"       # default time limit
+    signal_delay_s: int = 120          # USR2 this long before the time limit
+    max_timeout_requeues: int = 3      # timeouts requeue this often; preemptions without limit
+    setup: tuple[str, ...] = ()        # shell lines before the ranks start
+    python: str | None = None          # interpreter on the nodes (default: this one)
+    sbatch: dict[str, Any] = field(default_factory=dict)  # other sbatch options, passed through
+
+    def __post_init__(self) -> None:
+        def integer(name: str, lo: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ProfileError(name, f"got {value!r}; must be an integer >= {lo} (profile {self.name!r})")
+
+        def text(name: str, required: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and not required:
+                return
+            if not isinstance(value, str) or not value.strip():
+                need = "is required: " if required and value is None else f"got {value!r}; "
+                raise ProfileError(name, f"{need}must be a non-empty string (profile {self.name!r})")
+
+        text("partition", required=True)
+        for name in ("account", "qos", "constraint", "python"):
+            text(name)
+        integer("gpus_per_node", 0)
+        integer("cpus_per_task", 1)
+        integer("signal_delay_s", 0)
+        integer("max_timeout_requeues", 0)
+        if self.tasks_per_node is not None:
+            integer("tasks_per_node", 1)
+            if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
+                raise ProfileError("tasks_per_node", f"got {self.tasks_per_node} on nodes with gpus_per_node="
+                                   f"{self.gpus_per_node}; GPU runs use one task per GPU, so leave it out "
+                                   f"(profile {self.name!r})")
+        if self.mem is not None:
+            try:
+                mem_mb(self.mem)
+            except ValueError:
+                raise ProfileError("mem", f"got {self.mem!r}; expected a size per node such as 64G or 500M "
+                                   f"(profile {self.name!r})") from None
+        try:
+            time_minutes(self.time)
+        except ValueError:
+            raise ProfileError("time", f"got {self.time!r}; expected minutes or [D-]HH:MM:SS, at least "
+                               f"1 minute (profile {self.name!r})") from None
+        if not isinstance(self.setup, tuple) or not all(isinstance(s, str) for s in self.setup):
+            raise ProfileError("setup", f"got {self.setup!r}; must be a list of shell lines (profile {self.name!r})")
+        if not isinstance(self.sbatch, dict) or not all(isinstance(k, str) for k in self.sbatch):
+            raise ProfileError("sbatch", f"got {self.sbatch!r}; must map sbatch option names to values "
+                               f"(profile {self.name!r})")
+
+    @property
+    def time_min(self) -> int:
+        return time_minutes(self.time)
+
+    @classmethod
+    def from_dict(cls, data: Any, name: str) -> "Profile":
+        if not isinstance(data, dict):
+            raise ProfileError("profile", f"{name!r} must be a mapping of fields, got {type(data).__name__}")
+        allowed = [f.name for f in fields(cls) if f.name != "name"]
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ProfileError(unknown[0], f"unknown profile field in {name!r}; allowed fields: {', '.join(allowed)}")
+        values = dict(data)
+        if values.get("partition") is None:
+            raise ProfileError("partition", f"is required (profile {name!r}): the partition sbatch submits to")
+        if "setup" in values:
+            setup = values["setup"] if values["setup"] is not None else []
+            values["setup"] = tuple(setup) if isinstance(setup, list) else setup
+        if values.get("sbatch") is None:
+            values.pop("sbatch", None)
+        return cls(name=name, **values)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A profile by name (slurm/profiles/NAME.yaml) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILES / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ProfileError("--profile", f"no profile {str(name_or_path)!r}; available: "
+                           f"{', '.join(available_profiles())} (or a path to a .yaml file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError("--profile", f"{path} is not valid YAML: {err}") from None
+    return Profile.from_dict(data, path.stem)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run asks SLURM for."""
+
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int     # GPUs allocated on each node (= tasks_per_node on GPU profiles)
+    cpus_per_task: int
+    mem: str | None
+    time_min: int
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+def resources(profile: Profile, nproc: int, *, nodes: int | None = None, time: str | int | None = None) -> Resources:
+    """Split `nproc` ranks into nodes x tasks per node on `profile`'s nodes, one task per GPU."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ProfileError("--nproc", f"got {nproc!r}; must be an integer >= 1")
+    per_node = profile.gpus_per_node or profile.tasks_per_node or nproc
+    unit = "GPUs" if profile.gpus_per_node else "tasks"
+    if nodes is None:
+        nodes = math.ceil(nproc / per_node)
+    elif isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ProfileError("--nodes", f"got {nodes!r}; must be an integer >= 1")
+    if nproc % nodes:
+        raise ProfileError("--nproc", f"{nproc} ranks do not split evenly over {nodes} node(s); use a multiple "
+                           f"of {nodes}, or a multiple of {per_node} ({unit} per node on profile {profile.name!r})")
+    tasks = nproc // nodes
+    if tasks > per_node:
+        field_name = "gpus_per_node" if profile.gpus_per_node else "tasks_per_node"
+        raise ProfileError(field_name, f"{nproc} ranks on {nodes} node(s) need {tasks} {unit} per node; "
+                           f"profile {profile.name!r} has {field_name}={per_node}")
+    try:
+        time_min = profile.time_min if time is None else time_minutes(time)
+    except ValueError:
+        raise ProfileError("--time", f"got {time!r}; expected minutes or [D-]HH:MM:SS, at least 1 minute") from None
+    return Resources(nodes=nodes, tasks_per_node=tasks, gpus_per_node=tasks if profile.gpus_per_node else 0,
+                     cpus_per_task=profile.cpus_per_task, mem=profile.mem, time_min=time_min)
