@@ -130,6 +130,8 @@ def _record(run_dir: Path, job, launcher: str, profile: Profile | None, res: Res
         "stdout": None if launcher == "debug" else str(job.paths.stdout),
         "stderr": None if launcher == "debug" else str(job.paths.stderr),
         "submitted_at": dt.datetime.now().isoformat(timespec="seconds"), "history": history,
+        # The process that runs the job: the debug launcher's is this one, the local launcher's its own.
+        "pid": os.getpid() if launcher == "debug" else (int(job.job_id) if launcher == "local" else None),
     }
     rd.write_json(path, record)
     return record
@@ -186,12 +188,18 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _pid_alive(pid: str) -> bool:
+def _pid_alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
         return True
-    except (ValueError, ProcessLookupError, PermissionError):
+    except (TypeError, ValueError, ProcessLookupError, PermissionError):
         return False
+
+
+def _ended_since_submit(run_dir: Path) -> bool:
+    """A summary.json written after the latest submission: this job's run has ended."""
+    summary, record = Path(run_dir) / rd.SUMMARY, Path(run_dir) / JOB_RECORD
+    return summary.is_file() and record.is_file() and summary.stat().st_mtime >= record.stat().st_mtime
 
 
 def run_states(run_dirs: Sequence[Path]) -> dict[Path, str]:
@@ -205,7 +213,7 @@ def run_states(run_dirs: Sequence[Path]) -> dict[Path, str]:
             states[run_dir] = "-"
         elif rec["launcher"] == "slurm":
             states[run_dir] = slurm.get(rec["job_id"], "UNKNOWN")
-        elif rec["launcher"] == "local" and _pid_alive(rec["job_id"]):
+        elif rec["launcher"] in ("local", "debug") and not _ended_since_submit(run_dir) and _pid_alive(rec.get("pid")):
             states[run_dir] = "RUNNING"
         else:
             reason = rd.read_summary(run_dir).get("end_reason")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from clitools import TINY, read_metrics, run_cli
-from conftest import job_id, squeue_ids, steps_logged, wait_final, wait_for
+from slurmtools import job_id, squeue_ids, steps_logged, wait_final, wait_for
 
 VATT = [*TINY, "method=vatt", "zero_stage=2"]
 

@@ -1,0 +1,1 @@
+"""Many-runs layer: sweep specs -> an Optuna study -> trials -> RunConfigs -> jobs (through slurm/)."""

@@ -1,0 +1,217 @@
+"""Many-runs layer: what `scaling sweep plan|submit|status|cancel|tensorboard` do."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from sweeps.spec import SweepSpec, point_key
+from sweeps.study import (create_trial, finish, open_study, points_owed, reconcile, submit_lock, trial_rows,
+                          with_retries)
+from sweeps.storage import storage_url
+
+
+def _human(n: float) -> str:
+    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}"
+
+
+# ----------------------------------------------------------------------------- plan
+def plan(spec: SweepSpec) -> list[dict[str, Any]]:
+    """One row per grid point: params, FLOPs, memory per GPU and GPU-hours at the spec's MFU."""
+    from scaling.describe import describe
+
+    rows = []
+    repeats = spec.trials / len(spec.grid) if spec.is_search else 1
+    for point in spec.grid:
+        cfg = spec.run_config({**point, **{k: s.corners()[0] for k, s in spec.search.items()}})
+        info = describe(cfg, "cuda")
+        gpu_hours = info["total_flops"] / (spec.estimate["peak_tflops"] * 1e12 * spec.estimate["mfu"]) / 3600
+        rows.append({"point": point, "key": point_key(point), "params": sum(info["params"].values()),
+                     "flops": info["total_flops"], "memory_per_gpu": info["memory_per_gpu"]["total_bytes"],
+                     "gpu_hours": gpu_hours * repeats, "trials": repeats})
+    return rows
+
+
+def print_plan(spec: SweepSpec, rows: list[dict[str, Any]], say: Callable[[str], None] = print) -> None:
+    axes = list(dict.fromkeys(k for r in rows for k in r["point"]))
+    say(f"sweep {spec.name}: {spec.trials} trial(s), {'TPE over ' + ', '.join(spec.search) if spec.is_search else 'grid'}"
+        f"; objective {spec.direction} {spec.metric}; storage {storage_url(spec)}")
+    head = "".join(f"{a.split('.')[-1]:>13}" for a in axes)
+    say(f"{head} {'params':>9} {'FLOPs':>9} {'mem/GPU':>9} {'GPU-h':>9}" + ("  trials" if spec.is_search else ""))
+    for r in rows:
+        cells = "".join(f"{str(r['point'].get(a, '')):>13}" for a in axes)
+        say(f"{cells} {_human(r['params']):>9} {_human(r['flops']):>9} {_human(r['memory_per_gpu']) + 'B':>9} "
+            f"{r['gpu_hours']:>9.3g}" + (f"  {r['trials']:.3g}" if spec.is_search else ""))
+    total = sum(r["gpu_hours"] for r in rows)
+    say(f"total: {sum(r['flops'] * r['trials'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at "
+        f"{spec.estimate['mfu']:.0%} MFU of {spec.estimate['peak_tflops']:g} TFLOP/s "
+        f"(search axes at their lower bound)" if spec.is_search else
+        f"total: {sum(r['flops'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at {spec.estimate['mfu']:.0%} MFU "
+        f"of {spec.estimate['peak_tflops']:g} TFLOP/s")
+
+
+# ----------------------------------------------------------------------------- submit
+def _launch(spec: SweepSpec, launcher: dict[str, Any]):
+    from slurm.profile import load_profile, resources
+
+    kind = launcher["type"]
+    if kind == "slurm":
+        profile = load_profile(launcher["profile"])
+        return profile, resources(profile, launcher["nproc"], time=launcher.get("time"))
+    if kind == "local":
+        return None, resources(load_profile("local"), launcher["nproc"], nodes=1, time=launcher.get("time"))
+    return None, None
+
+
+def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callable[[str], None] = print):
+    """Create and submit the trials still owed (one job array); returns their numbers and jobs."""
+    from slurm.jobs import submit as submit_jobs
+    from sweeps.trial_job import TrialJob
+
+    launcher = {**spec.launcher, **(launcher or {})}
+    profile, res = _launch(spec, launcher)
+    if launcher["type"] == "slurm":
+        from slurm.cluster import check_fits
+
+        check_fits(profile, res)
+    with submit_lock(spec):
+        study = open_study(spec)
+        for line in reconcile(spec, study):
+            say(line)
+        owed, notes = points_owed(spec, study)
+        for note in notes:
+            say(f"not resubmitted: {note}")
+        if not owed:
+            say("nothing to submit: every trial is complete, running or out of retries")
+            return [], []
+        created = [create_trial(spec, study, dict(point)) for point in owed]
+        runs = [(spec.run_config(params), spec.run_dir(params)) for _, params in created]
+        by_dir = {str(Path(d).resolve()): t for (t, _), (_, d) in zip(created, runs)}
+        url = storage_url(spec)
+        try:
+            jobs = submit_jobs(runs, launcher["type"], profile=profile, res=res, logs=Path(spec.dir) / "logs",
+                               parallelism=launcher.get("parallelism"), job_name=spec.name,
+                               make_job=lambda d: TrialJob(d, storage=url, study_name=spec.name,
+                                                           trial_id=by_dir[d]._trial_id, metric=spec.metric,
+                                                           pruner=dict(spec.pruner)))
+        except BaseException as err:
+            for trial, _ in created:
+                finish(study, trial, "FAIL", reason=f"submission failed: {err}")
+            raise
+        for (trial, params), job in zip(created, jobs):
+            for name, value in (("job_id", str(job.job_id)), ("launcher", launcher["type"])):
+                with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, name, value))
+            say(f"trial {trial.number}: job {job.job_id} {params}")
+    if launcher["type"] == "debug":  # submitit's debug jobs run here, when their result is asked for
+        for (trial, _), job in zip(created, jobs):
+            try:
+                job.result()
+            except Exception as err:
+                say(f"trial {trial.number} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
+    return [trial.number for trial, _ in created], jobs
+
+
+# ----------------------------------------------------------------------------- status, cancel
+def status(spec: SweepSpec) -> list[dict[str, Any]]:
+    with submit_lock(spec):
+        study = open_study(spec)
+        reconcile(spec, study)
+        return trial_rows(spec, study)
+
+
+def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["state"]] = out.get(r["state"], 0) + 1
+    return out
+
+
+def print_status(spec: SweepSpec, rows: list[dict[str, Any]], as_json: bool, say: Callable[[str], None] = print) -> None:
+    if as_json:
+        say(json.dumps({"sweep": spec.name, "counts": counts(rows), "trials": rows}, indent=2, default=str))
+        return
+    axes = list(dict.fromkeys(k for r in rows for k in r["params"]))
+    say("".join(f"{'trial':>6}") + "".join(f"{a.split('.')[-1]:>13}" for a in axes)
+        + f" {'state':>9} {'job':>10} {'step':>7} {spec.metric:>11}")
+    for r in rows:
+        value = "" if r["value"] is None else f"{r['value']:.4g}"
+        params = "".join(f"{_short(r['params'].get(a, '')):>13}" for a in axes)
+        say(f"{r['number']:>6}{params} {r['state']:>9} {str(r['job_id'] or '-'):>10} {str(r['step'] or '-'):>7} {value:>11}")
+    c = counts(rows)
+    owed = max(0, spec.trials - c.get("COMPLETE", 0) - c.get("PRUNED", 0) - c.get("RUNNING", 0))
+    say(f"{spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items())) + f"; {owed} still to run")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def cancel(spec: SweepSpec, say: Callable[[str], None] = print) -> int:
+    """Cancel the jobs of running trials and mark them FAIL (cancelled: retried by the next submit)."""
+    with submit_lock(spec):
+        study = open_study(spec)
+        n = 0
+        for t in study.get_trials(deepcopy=False):
+            if t.state.name != "RUNNING" or not t.user_attrs.get("job_id"):
+                continue
+            job, kind = t.user_attrs["job_id"], t.user_attrs.get("launcher")
+            if kind == "slurm":
+                subprocess.run(["scancel", job], capture_output=True)
+            elif kind == "local":
+                try:
+                    os.kill(int(job), signal.SIGTERM)
+                except (ValueError, ProcessLookupError):
+                    pass
+            with_retries(lambda: study._storage.set_trial_user_attr(t._trial_id, "cancelled", True))
+            finish(study, t, "FAIL", reason="cancelled")
+            say(f"trial {t.number}: cancelled job {job}")
+            n += 1
+        say(f"{n} trial(s) cancelled")
+        return n
+
+
+def tensorboard_command(spec: SweepSpec) -> list[str]:
+    return ["tensorboard", "--logdir", str(Path(spec.dir) / "trials")]
+
+
+# ----------------------------------------------------------------------------- waiting
+def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float = 5.0,
+         say: Callable[[str], None] = print) -> dict[str, int]:
+    """Follow the sweep until no trial is running or owed; search sweeps are topped up as slots free."""
+    start, last = time.time(), None
+    while True:
+        rows = status(spec)
+        c = counts(rows)
+        done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
+        running = c.get("RUNNING", 0)
+        if spec.is_search and running < spec.launcher.get("parallelism", 1) and done + running < spec.trials:
+            submit(spec, launcher, say=lambda _l: None)
+            continue
+        current = next((r for r in rows if r["state"] == "RUNNING" and r["step"]), None)
+        remaining = max(0, spec.trials - done)
+        eta = (time.time() - start) / done * remaining if done else None
+        line = (f"trials: {done}/{spec.trials} done, {running} running, {c.get('FAIL', 0)} failed"
+                + (f" | trial {current['number']} step {current['step']} loss {current['loss']:.4g}"
+                   if current and isinstance(current.get("loss"), (int, float)) else "")
+                + (f" | ETA {eta / 60:.1f} min" if eta is not None and remaining else ""))
+        if line != last:
+            say(line)
+            last = line
+        if running == 0:
+            owed, _ = _owed_now(spec)
+            if not owed:
+                return c
+            submit(spec, launcher, say=say)  # retries of failed trials
+        time.sleep(poll_s)
+
+
+def _owed_now(spec: SweepSpec):
+    with submit_lock(spec):
+        return points_owed(spec, open_study(spec))

@@ -1,0 +1,273 @@
+"""Many-runs layer: the Optuna study of a sweep — opening it, reconciling trials with their jobs,
+and creating the trials that are still owed.
+
+Every trial is one grid point (plus its sampled search values), one run directory keyed by the
+point (so a retried trial resumes the same run from its checkpoints) and one job. Trials are created
+under a lock file in the sweep directory, so `submit` run twice, or twice at once, never creates a
+point twice. A RUNNING trial whose job has ended without telling the study is settled from its
+run's summary, or marked FAIL and retried up to `retries` times.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from sweeps.spec import Search, SweepSpec
+from sweeps.storage import open_storage, storage_url, with_retries
+
+ACTIVE = ("RUNNING", "WAITING")
+
+
+def make_sampler(spec: SweepSpec):
+    import optuna
+
+    if spec.is_search:
+        startup = min(10, max(1, spec.trials // 4))
+        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup)
+    space: dict[str, list] = {}
+    for point in spec.grid:
+        for axis, value in point.items():
+            space.setdefault(axis, [])
+            if value not in space[axis]:
+                space[axis].append(value)
+    return optuna.samplers.GridSampler(space, seed=spec.seed)
+
+
+def make_pruner(pruner: dict[str, Any]):
+    """The Optuna pruner of a spec's `pruner:` mapping (not stored in the study: every user builds it)."""
+    import optuna
+
+    kind = pruner.get("type", "none")
+    args = {k: v for k, v in pruner.items() if k != "type"}
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**args)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(**args)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: SweepSpec, *, create: bool = True):
+    """The sweep's study (created on first use); KeyError when it does not exist and create=False."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url(spec))
+    if not create:
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec),
+                                 pruner=make_pruner(spec.pruner))
+    return with_retries(lambda: optuna.create_study(
+        study_name=spec.name, storage=storage, load_if_exists=True, direction=spec.direction,
+        sampler=make_sampler(spec), pruner=make_pruner(spec.pruner)))
+
+
+@contextlib.contextmanager
+def submit_lock(spec: SweepSpec) -> Iterator[None]:
+    """One submitter at a time per sweep (a lock file in the sweep directory)."""
+    Path(spec.dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(spec.dir) / ".submit.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def axis_distribution(spec: SweepSpec, axis: str):
+    """The Optuna distribution of a grid or search axis."""
+    import optuna.distributions as d
+
+    if axis in spec.search:
+        return spec.search[axis].distribution()
+    values: list = []
+    for point in spec.grid:
+        if axis in point and point[axis] not in values:
+            values.append(point[axis])
+    return d.CategoricalDistribution(values)
+
+
+def suggest(trial, spec: SweepSpec, axis: str) -> Any:
+    dist = axis_distribution(spec, axis)
+    search: Search | None = spec.search.get(axis)
+    if search is None or search.kind == "choice":
+        return trial.suggest_categorical(axis, list(dist.choices))
+    if search.kind in ("int", "logint"):
+        return trial.suggest_int(axis, dist.low, dist.high, log=dist.log)
+    return trial.suggest_float(axis, dist.low, dist.high, log=dist.log)
+
+
+def state_name(trial) -> str:
+    return trial.state.name
+
+
+def trial_value(trial) -> float | None:
+    return trial.value if trial.state.name == "COMPLETE" else None
+
+
+# ----------------------------------------------------------------------------- reconciliation
+def _outcome(spec: SweepSpec, run_dir: Path) -> tuple[str, float | None, str]:
+    """How a run ended, from its summary: (COMPLETE|PRUNED|FAIL, objective, reason)."""
+    from scaling.train.rundir import read_summary
+
+    summary = read_summary(run_dir)
+    reason = summary.get("end_reason", "no summary.json")
+    if reason == "completed":
+        value = objective_value(spec, summary)
+        if value is None:
+            return "FAIL", None, f"completed without a finite {spec.metric}"
+        return "COMPLETE", value, reason
+    if reason.startswith("stopped") and "pruned" in str(summary.get("stop", "")):
+        return "PRUNED", None, reason
+    return "FAIL", None, reason
+
+
+def objective_value(spec: SweepSpec, summary: dict[str, Any]) -> float | None:
+    value = summary.get("final", {}).get(spec.metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def finish(study, trial, state: str, value: float | None = None, reason: str = "") -> None:
+    """Tell the study how a trial ended; a trial already finished by someone else is left alone."""
+    import optuna
+
+    try:
+        if reason:
+            with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, "end_reason", reason))
+        if state == "COMPLETE":
+            with_retries(lambda: study.tell(trial.number, value))
+        else:
+            with_retries(lambda: study.tell(trial.number, state=getattr(optuna.trial.TrialState, state)))
+    except (RuntimeError, ValueError) as err:
+        if "finished" not in str(err).lower():
+            raise
+
+
+def reconcile(spec: SweepSpec, study) -> list[str]:
+    """Settle RUNNING trials whose job has ended, and drop WAITING trials left by a crashed submit.
+
+    Returns one line per trial it changed.
+    """
+    from slurm.cluster import FINAL_STATES
+    from slurm.jobs import read_record, run_states
+
+    changed = []
+    trials = study.get_trials(deepcopy=False)
+    for _ in range(sum(1 for t in trials if t.state.name == "WAITING")):
+        orphan = with_retries(study.ask)  # enqueued by a submit that died before asking for it
+        finish(study, orphan, "FAIL", reason="left waiting by an interrupted submit")
+        changed.append(f"trial {orphan.number}: left waiting -> FAIL")
+    running = [t for t in trials if t.state.name == "RUNNING"]
+    if not running:
+        return changed
+    dirs = {t.number: Path(t.user_attrs.get("run_dir", "")) for t in running}
+    states = run_states([d for d in dirs.values() if d.is_dir()])
+    for trial in running:
+        run_dir = dirs[trial.number]
+        job = trial.user_attrs.get("job_id")
+        if job is None:  # created but never submitted (the submit was interrupted)
+            finish(study, trial, "FAIL", reason="never submitted")
+            changed.append(f"trial {trial.number}: never submitted -> FAIL")
+            continue
+        record = read_record(run_dir) if run_dir.is_dir() else {}
+        if record.get("job_id") not in (None, job):
+            finish(study, trial, "FAIL", reason=f"superseded by job {record.get('job_id')}")
+            changed.append(f"trial {trial.number}: superseded -> FAIL")
+            continue
+        state = states.get(run_dir, "UNKNOWN")
+        if state not in FINAL_STATES and state != "UNKNOWN":
+            continue
+        outcome, value, reason = _outcome(spec, run_dir)
+        if outcome == "FAIL":
+            reason = f"job {job} ended {state}: {reason}"
+        finish(study, trial, outcome, value, reason)
+        changed.append(f"trial {trial.number}: job {job} {state} -> {outcome}")
+    return changed
+
+
+# ----------------------------------------------------------------------------- owed trials
+def points_owed(spec: SweepSpec, study) -> tuple[list[dict[str, Any]], list[str]]:
+    """The trial points to submit now, and notes on points given up after too many failures."""
+    from sweeps.spec import point_key
+
+    trials = study.get_trials(deepcopy=False)
+    by_key: dict[str, list] = {}
+    for t in trials:
+        by_key.setdefault(t.user_attrs.get("key", ""), []).append(t)
+
+    def status(key: str) -> tuple[bool, int]:
+        mine = by_key.get(key, [])
+        settled = any(t.state.name in ("COMPLETE", "PRUNED", *ACTIVE) for t in mine)
+        fails = sum(1 for t in mine if t.state.name == "FAIL" and not t.user_attrs.get("cancelled"))
+        return settled, fails
+
+    owed, notes = [], []
+    if not spec.is_search:
+        for point in spec.grid:
+            settled, fails = status(point_key(point))
+            if settled:
+                continue
+            if fails > spec.retries:
+                notes.append(f"{point}: failed {fails} times (retries: {spec.retries}); not resubmitted")
+                continue
+            owed.append(point)
+        return owed, notes
+
+    # Search sweeps: retry failed trials with their own values, then ask TPE for new ones.
+    active = sum(1 for t in trials if t.state.name in ACTIVE)
+    slots = max(0, spec.launcher.get("parallelism", 1) - active)
+    retried: set[str] = set()
+    for t in trials:
+        key = t.user_attrs.get("key", "")
+        if t.state.name != "FAIL" or key in retried:
+            continue
+        settled, fails = status(key)
+        if settled or fails > spec.retries:
+            if not settled:
+                notes.append(f"{t.params}: failed {fails} times (retries: {spec.retries}); not resubmitted")
+            retried.add(key)
+            continue
+        if len(owed) < slots:
+            owed.append(dict(t.params))
+            retried.add(key)
+    counted = sum(1 for key, ts in by_key.items() if key and (status(key)[0] or key in retried or
+                                                              status(key)[1] > spec.retries))
+    new = min(slots - len(owed), spec.trials - counted)
+    for i in range(max(0, new)):
+        point = spec.grid[(counted + i) % len(spec.grid)]
+        owed.append({**point, "__sample__": True})
+    return owed, notes
+
+
+def create_trial(spec: SweepSpec, study, point: dict[str, Any]):
+    """Enqueue the point's fixed values, ask (sampling any search axes), and record key and run dir."""
+    from sweeps.spec import point_key
+
+    sample = point.pop("__sample__", False)
+    with_retries(lambda: study.enqueue_trial(point))
+    trial = with_retries(study.ask)
+    axes = list(dict.fromkeys([*point, *(spec.search if sample or spec.is_search else [])]))
+    params = {axis: suggest(trial, spec, axis) for axis in axes}
+    key = point_key(params)
+    run_dir = spec.run_dir(params)
+    for name, value in (("key", key), ("run_dir", str(run_dir.resolve()))):
+        with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, name, value))
+    return trial, params
+
+
+def trial_rows(spec: SweepSpec, study) -> list[dict[str, Any]]:
+    """One row per trial: number, params, state, job, step, objective, run directory."""
+    from slurm.jobs import progress
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        run_dir = Path(t.user_attrs.get("run_dir", ""))
+        last = progress(run_dir) if run_dir.is_dir() else {}
+        rows.append({"number": t.number, "params": dict(t.params), "state": t.state.name,
+                     "job_id": t.user_attrs.get("job_id"), "step": last.get("step"),
+                     "loss": last.get("train/loss"), "value": trial_value(t),
+                     "end_reason": t.user_attrs.get("end_reason"), "run_dir": str(run_dir) if t.user_attrs.get("run_dir") else None})
+    return rows

@@ -1,0 +1,85 @@
+"""Sweep specs are validated in full before anything is submitted; each mistake names its key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeptools import FIXED
+from sweeps.spec import SPECS, SpecError, load_spec, point_key
+
+
+def spec_file(tmp_path, **fields):
+    spec = {"name": "t", "fixed": dict(FIXED), "dir": str(tmp_path / "sweep"), "grid": {"method": ["vatt", "dino"]}}
+    spec.update(fields)
+    spec = {k: v for k, v in spec.items() if v is not None}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"grdi": {"size": ["nano"]}}, "grdi"),                                         # unknown key
+    ({"grid": {"size": []}}, "grid.size"),                                          # empty axis
+    ({"grid": []}, "grid"),                                                         # no axes at all
+    ({"grid": {"size": "nano"}}, "grid.size"),                                      # not a list
+    ({"grid": {"size": ["nano", "nano"]}}, "grid.size"),                            # a repeated value
+    ({"grid": {"size": ["nano", "enormous"]}}, "grid.size"),                        # RunConfig rejects it
+    ({"grid": {"drop_rate": [0.0, 1.0]}}, "grid.drop_rate"),                        # RunConfig rejects it
+    ({"grid": {"method": ["vatt", "simclr"]}}, "grid.method"),
+    ({"fixed": {**FIXED, "global_batch": 6}}, "fixed/global_batch"),               # fixed value rejected
+    ({"search": {"lr": "loguniform(0, 1e-3)"}, "trials": 4}, "search.lr"),          # bad distribution
+    ({"search": {"lr": "normal(1e-4, 1e-3)"}, "trials": 4}, "search.lr"),
+    ({"search": {"lr": "loguniform(1e-5, 1e-3)"}}, "trials"),                       # search without trials
+    ({"trials": 5}, "trials"),                                                      # trials on a grid
+    ({"search": {"method": "choice(vatt, dino)"}, "trials": 2}, "search.method"),   # grid and search at once
+    ({"objective": {"metric": "accuracy"}}, "objective.metric"),
+    ({"objective": {"direction": "up"}}, "objective.direction"),
+    ({"pruner": {"type": "sometimes"}}, "pruner.type"),
+    ({"pruner": {"type": "median", "patience": 3}}, "pruner.patience"),
+    ({"pruner": {"type": "median"}}, "pruner"),                                     # nothing to prune on
+    ({"launcher": {"type": "cloud"}}, "launcher.type"),
+    ({"launcher": {"type": "slurm"}}, "launcher.profile"),
+    ({"launcher": {"type": "slurm", "profile": "nonexistent"}}, "launcher.profile"),
+    ({"launcher": {"type": "local", "gpus": 8}}, "launcher.gpus"),
+    ({"launcher": {"type": "local", "nproc": 0}}, "launcher.nproc"),
+    ({"retries": -1}, "retries"),
+    ({"base": "no_such_config.yaml"}, "base"),
+    ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage"),               # cannot be opened
+    ({"storage": "journal:/proc/version/study.journal"}, "storage"),
+    ({"storage": "not a url"}, "storage"),
+])
+def test_an_invalid_spec_names_its_key(tmp_path, fields, key):
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file(tmp_path, **fields))
+    assert err.value.field == key, str(err.value)
+    assert not (tmp_path / "sweep").exists()  # nothing was created
+
+
+def test_grid_blocks_are_joined_without_duplicates(tmp_path):
+    spec = load_spec(spec_file(tmp_path, grid=[{"method": ["vatt", "dino"], "global_batch": [8, 16]},
+                                               {"method": ["vatt"], "drop_rate": [0.5]},
+                                               {"method": ["vatt"], "global_batch": [8]}]))
+    assert spec.trials == len(spec.grid) == 5
+    assert {"method": "vatt", "drop_rate": 0.5} in spec.grid
+    assert len({point_key(p) for p in spec.grid}) == 5
+
+
+def test_trial_overrides_apply_fixed_then_per_method_then_the_point(tmp_path):
+    spec = load_spec(spec_file(tmp_path, per_method={"dino": {"lr": 1e-4}}, fixed={**FIXED, "lr": 5e-4}))
+    assert spec.run_config({"method": "dino"}).lr == pytest.approx(1e-4)
+    assert spec.run_config({"method": "vatt"}).lr == pytest.approx(5e-4)
+    assert spec.run_config({"method": "vatt"}).steps == 4
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_shipped_specs_are_valid_and_plan(path, tmp_path):
+    from sweeps.commands import plan
+
+    spec = load_spec(path, check_storage=False)
+    rows = plan(spec)
+    assert rows and all(r["flops"] > 0 and r["gpu_hours"] > 0 for r in rows)
+
+
+def test_the_study_specs_ship():
+    assert {"batch_sensitivity", "model_scaling", "droptoken", "lr_tune", "demo"} <= {p.stem for p in SPECS.glob("*.yaml")}
+    assert Path(SPECS / "lr_tune.yaml").read_text().count("loguniform") >= 1
