@@ -1,5 +1,27 @@
-"""Puts tests/ on sys.path, so every test can import the shared helpers in clitools.py."""
+"""Puts tests/ on sys.path, so every test can import the shared helpers (clitools, slurmtools,
+sweeptools); and the fixture of the real local SLURM cluster."""
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The local test cluster (slurm/local_cluster.sh, which `make test` starts): sbatch answers and
+    the `local` partition exists. Without it the test skips, or fails where SCALING_REQUIRE_SERVICES=1."""
+    from slurm.cluster import partitions, sbatch_answers
+
+    reason = None
+    if not sbatch_answers():
+        reason = "no SLURM controller answers (start one with: slurm/local_cluster.sh start)"
+    elif "local" not in partitions():
+        reason = "this SLURM cluster has no `local` partition (the one slurm/local_cluster.sh starts)"
+    if reason:
+        if os.environ.get("SCALING_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return True

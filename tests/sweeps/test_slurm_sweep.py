@@ -1,0 +1,80 @@
+"""Sweeps end to end on the real local SLURM cluster (SQLite storage in the sweep directory)."""
+import json
+import re
+import subprocess
+import sys
+
+from clitools import run_cli
+from slurmtools import steps_logged, wait_for
+from sweeps.spec import load_spec, point_key
+from sweeptools import FIXED, write_spec
+
+SLURM = {"type": "slurm", "profile": "local", "nproc": 1, "parallelism": 2}
+
+
+def sweep_status(path):
+    return json.loads(run_cli("sweep", "status", path, "--json").stdout)
+
+
+def test_plan_submit_status_on_a_12_trial_grid(cluster, tmp_path):
+    path = write_spec(tmp_path, grid={"method": ["vatt", "dino"], "global_batch": [4, 8, 16], "size": ["nano", "micro"]},
+                      fixed={**FIXED, "steps": 2, "eval.linear_probe": False}, launcher=SLURM)
+    plan = run_cli("sweep", "plan", path).stdout
+    assert "12 trial(s)" in plan and "GPU-hours" in plan
+    assert len([line for line in plan.splitlines() if line.strip().startswith(("vatt", "dino"))]) == 12
+    assert not (tmp_path / "sweep").exists()  # plan submits and creates nothing
+
+    # Two submits at once: the lock lets one create the trials; the other finds them running.
+    procs = [subprocess.Popen([sys.executable, "-m", "scaling.cli", "sweep", "submit", path], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    submitted = [line for o in outs for line in o.splitlines() if re.match(r"trial \d+: job \d+_\d+ ", line)]
+    assert len(submitted) == 12 and sum("nothing to submit" in o for o in outs) == 1, outs
+
+    def finished():
+        s = sweep_status(path)
+        return s if s["counts"].get("COMPLETE", 0) + s["counts"].get("FAIL", 0) == 12 else None
+
+    status = wait_for(finished, 600, "12 trials to end", poll=3)
+    assert status["counts"] == {"COMPLETE": 12}, status
+    spec = load_spec(path)
+    assert sorted(point_key(t["params"]) for t in status["trials"]) == sorted(point_key(p) for p in spec.grid)
+    assert all(isinstance(t["value"], float) and t["job_id"] for t in status["trials"])
+    assert "nothing to submit" in run_cli("sweep", "submit", path).stdout
+    text = run_cli("sweep", "status", path).stdout
+    assert "12 complete; 0 still to run" in text
+
+
+def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(cluster, tmp_path):
+    path = write_spec(tmp_path, grid={"seed": [0, 1, 2, 3]},
+                      fixed={**FIXED, "steps": 30, "checkpoint_every": 5, "eval.linear_probe": False}, launcher=SLURM)
+    run_cli("sweep", "submit", path)
+    spec = load_spec(path)
+    first = {t["params"]["seed"]: t for t in sweep_status(path)["trials"]}
+    victims = [first[0], first[1]]  # the array's first two elements run first
+    for t in victims:
+        wait_for(lambda t=t: len(steps_logged(spec.dir / "trials" / t["run_dir"].split("/")[-1])) >= 12, 300,
+                 f"trial {t['number']} to pass a checkpoint")
+        subprocess.run(["scancel", t["job_id"]], check=True)
+
+    def settled():
+        s = sweep_status(path)
+        return s if s["counts"].get("RUNNING", 0) == 0 else None
+
+    status = wait_for(settled, 600, "the other trials to end", poll=3)
+    assert status["counts"] == {"COMPLETE": 2, "FAIL": 2}, status
+
+    out = run_cli("sweep", "submit", path).stdout
+    assert len(re.findall(r"^trial \d+: job ", out, re.M)) == 2, out
+    status = wait_for(lambda: (lambda s: s if s["counts"].get("COMPLETE", 0) == 4 else None)(sweep_status(path)),
+                      600, "the resubmitted trials", poll=3)
+    complete = [t for t in status["trials"] if t["state"] == "COMPLETE"]
+    assert sorted(t["params"]["seed"] for t in complete) == [0, 1, 2, 3]      # exactly the grid
+    for t in victims:
+        run_dir = spec.dir / "trials" / t["run_dir"].split("/")[-1]
+        record = json.loads((run_dir / "job.json").read_text())
+        assert record["history"][0]["job_id"] == t["job_id"]                    # resubmitted
+        assert "resumed from step" in open(record["stdout"]).read()           # from its checkpoint
+        assert steps_logged(run_dir) == list(range(1, 31))
+    assert "nothing to submit" in run_cli("sweep", "submit", path).stdout
