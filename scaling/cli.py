@@ -222,6 +222,58 @@ def _all_points_done(spec) -> bool:
     return c.get("COMPLETE", 0) + c.get("PRUNED", 0) >= spec.trials
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    """`scaling fit CSV --law chinchilla|power`: fit a scaling law to any table of points."""
+    import warnings
+
+    import pandas as pd
+
+    from analysis.fits import FitError, FitWarning, fit_chinchilla, fit_power
+
+    path = Path(args.csv)
+    if not path.is_file():
+        raise ConfigError("csv", f"no such file: {path}")
+    table = pd.read_csv(path)
+
+    def column(flag: str, name: str | None):
+        if name is None:
+            raise ConfigError(flag, f"required for --law {args.law}; columns: {', '.join(table.columns)}")
+        if name not in table.columns:
+            raise ConfigError(flag, f"no column {name!r} in {path}; columns: {', '.join(table.columns)}")
+        return pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=float)
+
+    y = column("--y", args.y)
+    if args.drop_top:
+        keep = y.argsort(kind="stable")[: max(0, len(y) - args.drop_top)]
+        table, y = table.iloc[sorted(keep)].reset_index(drop=True), y[sorted(keep)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FitWarning)
+        try:
+            if args.law == "power":
+                fit = fit_power(column("--x", args.x), y, bootstrap=args.bootstrap, seed=args.seed)
+            else:
+                n = column("--n", args.n)
+                if (args.d is None) == (args.c is None):
+                    raise ConfigError("--d", "give exactly one of --d COL (tokens or samples) or --c COL "
+                                             "(training FLOPs, with D = C / (6 N))")
+                d = column("--d", args.d) if args.d else column("--c", args.c) / (6 * n)
+                fit = fit_chinchilla(n, d, y, bootstrap=args.bootstrap, seed=args.seed)
+        except FitError as err:
+            raise ConfigError("data", str(err)) from None
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(fit.to_dict(), indent=2))
+        return 0
+    print(f"{fit.law} fit of {fit.n_points} points from {path} (objective {fit.objective:.6g})")
+    for name, value in fit.params.items():
+        lo, hi = fit.intervals.get(name, (float("nan"), float("nan")))
+        print(f"  {name:<6} {value:>12.6g}   {fit.level:.0%} interval [{lo:.6g}, {hi:.6g}]")
+    if fit.extrapolation:
+        print(f"  leaving the largest scale out, it is predicted within {fit.extrapolation['relative_error']:.2%}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from scaling.train.reevaluate import reevaluate
 
@@ -268,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.add_argument("--start", action="store_true", help="tensorboard: start it instead of printing the command")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("fit", help="fit a scaling law (saturating power law or Chinchilla) to a CSV of points")
+    p.add_argument("csv")
+    p.add_argument("--law", choices=["power", "chinchilla"], required=True)
+    p.add_argument("--x", help="power: the x column (params, FLOPs or samples)")
+    p.add_argument("--y", default="loss", help="the loss or error column (default: loss)")
+    p.add_argument("--n", help="chinchilla: the parameter-count column")
+    p.add_argument("--d", help="chinchilla: the data column (tokens / samples)")
+    p.add_argument("--c", help="chinchilla: the training-FLOPs column; D = C / (6 N)")
+    p.add_argument("--drop-top", type=int, default=0, metavar="K", help="leave out the K highest y values first")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print E, A, (B,) alpha, (beta,) with intervals as JSON")
+    p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run from its run directory")
     p.add_argument("run_dir")

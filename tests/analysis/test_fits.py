@@ -1,0 +1,120 @@
+"""Scaling-law fits: the Epoch AI replication as the correctness reference, recovery of known laws,
+bootstrap coverage, and the edge cases."""
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fits import FitError, FitWarning, compute_optimal, fit_chinchilla, fit_power
+from clitools import run_cli
+
+EPOCH = Path(__file__).resolve().parents[1] / "data" / "chinchilla_svg_extracted_data.csv"
+# The replication's L-BFGS-B grid optimum (Besiroglu et al. 2024).
+REFERENCE = {"E": 1.817, "A": 477.8, "B": 2143.0, "alpha": 0.3473, "beta": 0.3672}
+TOLERANCE = {"E": 0.01, "alpha": 0.01, "beta": 0.01, "A": 0.05, "B": 0.05}
+
+
+def epoch_points():
+    df = pd.read_csv(EPOCH).sort_values("loss").iloc[:-5]   # drop the 5 highest losses: 240 points
+    n = df["Model Size"].to_numpy()
+    return n, df["Training FLOP"].to_numpy() / (6 * n), df["loss"].to_numpy()
+
+
+def test_the_epoch_refit_matches_the_replication_optimum_within_5_cpu_seconds():
+    n, d, loss = epoch_points()
+    assert n.size == 240
+    start = time.process_time()
+    fit = fit_chinchilla(n, d, loss, bootstrap=0)
+    cpu = time.process_time() - start
+    for name, ref in REFERENCE.items():
+        assert fit.params[name] == pytest.approx(ref, rel=TOLERANCE[name]), (name, fit.params)
+    assert cpu <= 5.0
+    assert fit.n_points == 240 and fit.extrapolation["relative_error"] < 0.05
+
+
+def test_scaling_fit_prints_the_parameters_with_intervals_as_json():
+    out = run_cli("fit", str(EPOCH), "--law", "chinchilla", "--n", "Model Size", "--c", "Training FLOP",
+                  "--y", "loss", "--drop-top", "5", "--bootstrap", "20", "--json").stdout
+    result = json.loads(out)
+    assert result["n_points"] == 240 and result["objective"] > 0
+    for name, ref in REFERENCE.items():
+        assert result[name]["value"] == pytest.approx(ref, rel=TOLERANCE[name])
+        lo, hi = result[name]["interval"]
+        assert lo <= result[name]["value"] <= hi
+
+
+def test_the_chinchilla_fitter_recovers_a_known_law_from_noisy_points():
+    truth = {"E": 1.7, "A": 400.0, "B": 1500.0, "alpha": 0.34, "beta": 0.28}
+    rng = np.random.default_rng(0)
+    n, d = (a.ravel() for a in np.meshgrid(np.logspace(7, 10, 8), np.logspace(9, 12, 8)))
+    loss = (truth["E"] + truth["A"] / n ** truth["alpha"] + truth["B"] / d ** truth["beta"]) \
+        * np.exp(rng.normal(0, 0.003, n.size))
+    fit = fit_chinchilla(n, d, loss, bootstrap=30)
+    assert fit.params["E"] == pytest.approx(truth["E"], rel=0.03)
+    assert fit.params["alpha"] == pytest.approx(truth["alpha"], rel=0.08)
+    assert fit.params["beta"] == pytest.approx(truth["beta"], rel=0.08)
+    lo, hi = fit.intervals["beta"]
+    assert lo < hi
+
+
+def test_power_law_bootstrap_intervals_cover_the_truth_at_about_the_nominal_rate():
+    truth = {"E": 0.2, "A": 5.0, "alpha": 0.35}
+    x = np.logspace(5, 9, 30)
+    draws, covered = 60, {k: 0 for k in truth}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)
+        for s in range(draws):
+            rng = np.random.default_rng(1000 + s)
+            y = (truth["E"] + truth["A"] * x ** -truth["alpha"]) * np.exp(rng.normal(0, 0.03, x.size))
+            fit = fit_power(x, y, bootstrap=100, level=0.9, seed=s)
+            for k in truth:
+                lo, hi = fit.intervals[k]
+                covered[k] += lo <= truth[k] <= hi
+    for k, hits in covered.items():
+        assert 0.75 <= hits / draws <= 0.99, (k, hits / draws)   # nominal 0.90
+
+
+def test_compute_optimal_allocation_minimises_the_loss_at_fixed_compute():
+    n, d, loss = epoch_points()
+    fit = fit_chinchilla(n, d, loss, bootstrap=0)
+    c = 5.76e23  # Chinchilla's budget
+    opt = compute_optimal(fit, c)
+    assert 6 * opt["N_opt"] * opt["D_opt"] == pytest.approx(c, rel=1e-9)
+    grid = np.logspace(9, 12, 2001)
+    losses = fit.predict(grid, c / (6 * grid))
+    assert opt["N_opt"] == pytest.approx(grid[np.argmin(losses)], rel=0.01)
+
+
+def test_edge_cases_warn_or_fail_clearly():
+    with pytest.raises(FitError, match="no points"):
+        fit_power([], [])
+    with pytest.raises(FitError, match="two distinct x"):
+        fit_power([10.0], [1.0])
+    with pytest.raises(FitError, match="different lengths"):
+        fit_power([1.0, 2.0], [1.0])
+    with pytest.warns(FitWarning, match="NaN"):
+        fit = fit_power([1e3, 1e4, 1e5, 1e6, 1e7, 1e8], [2.0, 1.5, float("nan"), 1.2, 1.15, 1.12], bootstrap=10)
+    assert fit.n_points == 5
+    with pytest.warns(FitWarning, match="non-positive"):
+        fit_power([-1.0, 1e3, 1e4, 1e5, 1e6, 1e7], [3.0, 2.0, 1.5, 1.3, 1.2, 1.15], bootstrap=10)
+    with pytest.warns(FitWarning, match="only 3 points"):
+        fit_power([1e3, 1e4, 1e5], [2.0, 1.5, 1.3], bootstrap=0)
+    with pytest.warns(FitWarning, match="at its bound"):
+        fit_power([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [10, 1, 0.1, 0.01, 0.001, 0.0001], bootstrap=0)
+    with pytest.warns(FitWarning, match="does not fall with x"):
+        fit_power([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1.0, 1.1, 1.2, 1.3, 1.4, 1.5], bootstrap=0)
+    with pytest.raises(FitError, match="two distinct values of both N and D"):
+        fit_chinchilla([1e9, 1e9], [1e10, 2e10], [2.0, 1.9])
+
+
+def test_scaling_fit_names_a_missing_column(tmp_path):
+    csv = tmp_path / "points.csv"
+    csv.write_text("params,loss\n1e6,3.0\n1e7,2.5\n1e8,2.2\n")
+    proc = run_cli("fit", str(csv), "--law", "power", "--x", "flops", "--y", "loss", check=False)
+    assert proc.returncode == 2 and "--x: no column 'flops'" in proc.stderr and "params, loss" in proc.stderr
+    proc = run_cli("fit", str(tmp_path / "missing.csv"), "--law", "power", "--x", "params", check=False)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
