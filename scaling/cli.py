@@ -274,6 +274,25 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """`scaling analyze SWEEP_OR_RUN_DIRS --out DIR`: tables, fits, plots and report.html."""
+    from analysis.report import analyze
+
+    for path in args.paths:
+        if not Path(path).exists():
+            raise ConfigError("paths", f"no such run or sweep directory: {path}")
+    try:
+        written = analyze(args.paths, args.out, metric=args.metric, bootstrap=args.bootstrap)
+    except ValueError as err:
+        raise ConfigError("paths", str(err)) from None
+    print(f"report: {written['report']}")
+    for name in ("runs", "fits", "batch_sensitivity", "scaling"):
+        print(f"{name}: {written[name]}")
+    for fig in written["figures"]:
+        print(f"figure: {fig} (+ .svg)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from scaling.train.reevaluate import reevaluate
 
@@ -334,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print E, A, (B,) alpha, (beta,) with intervals as JSON")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("analyze", help="tables, scaling-law fits, plots and report.html for run or sweep directories")
+    p.add_argument("paths", nargs="+", metavar="SWEEP_OR_RUN_DIR")
+    p.add_argument("--out", required=True, help="where the outputs go")
+    p.add_argument("--metric", default="final_knn_top1", help="the metric compared (default: final_knn_top1)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the fits' intervals")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run from its run directory")
     p.add_argument("run_dir")

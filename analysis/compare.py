@@ -1,0 +1,142 @@
+"""Meaning layer: the study's comparisons on the tidy run table.
+
+- batch sensitivity of VATT vs DINO (metric vs global batch, retained accuracy, slope per halving
+  with CIs over seeds, a DINO-ablation-style table, negatives per positive beside the batch);
+- model scaling (error vs params and vs FLOPs, fitted per method);
+- the DropToken frontier (accuracy vs training FLOPs per drop rate, Pareto points marked).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.fits import FitError, FitWarning, fit_power
+from analysis.load import LoadWarning, fittable
+
+GROUP = ["method", "size", "drop_rate"]
+
+
+def _t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf((1 + level) / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def batch_sensitivity(df: pd.DataFrame, metric: str = "final_knn_top1") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (method, size, drop rate, batch): mean metric, seeds, CI, retained vs the largest batch;
+    and per (method, size, drop rate): the slope per halving of the batch with its CI over seeds."""
+    runs = fittable(df, metric)
+    if runs.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    rows, slopes = [], []
+    for key, group in runs.groupby(GROUP, dropna=False):
+        if group["global_batch"].nunique() < 1:
+            continue
+        by_batch = group.groupby("global_batch")
+        largest = by_batch[metric].mean().loc[group["global_batch"].max()]
+        for batch, g in by_batch:
+            values = g[metric].to_numpy(float)
+            lo, hi = _t_interval(values)
+            rows.append({**dict(zip(GROUP, key)), "global_batch": int(batch), "mean": values.mean(), "seeds": values.size,
+                         "ci_low": lo, "ci_high": hi,
+                         "negatives_per_positive": g["negatives_per_positive"].mean() if g["negatives_per_positive"].notna().any() else None,
+                         "micro_batch": g["micro_batch"].iloc[0], "samples_seen": g["samples_seen"].iloc[0],
+                         "retained": values.mean() / largest if largest else math.nan})
+        if group["global_batch"].nunique() >= 2:
+            per_seed = []
+            for _, g in group.groupby("seed"):
+                if g["global_batch"].nunique() >= 2:
+                    slope = np.polyfit(np.log2(g["global_batch"].to_numpy(float)), g[metric].to_numpy(float), 1)[0]
+                    per_seed.append(-slope)  # change per halving of the batch
+            per_seed = np.array(per_seed)
+            lo, hi = _t_interval(per_seed)
+            slopes.append({**dict(zip(GROUP, key)), "slope_per_halving": per_seed.mean() if per_seed.size else math.nan,
+                           "ci_low": lo, "ci_high": hi, "seeds": per_seed.size,
+                           "batches": sorted(int(b) for b in group["global_batch"].unique())})
+    return pd.DataFrame(rows), pd.DataFrame(slopes)
+
+
+def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
+    """DINO's batch-size ablation layout: one row per method (and size), one column per batch."""
+    if table.empty:
+        return table
+    cell = table.apply(lambda r: f"{r['mean']:.1f}" + (f" ± {(r['ci_high'] - r['ci_low']) / 2:.1f}"
+                                                        if np.isfinite(r["ci_low"]) else ""), axis=1)
+    wide = table.assign(cell=cell).pivot_table(index=["method", "size", "drop_rate"], columns="global_batch",
+                                               values="cell", aggfunc="first")
+    wide.columns = [f"batch {c}" for c in wide.columns]
+    return wide.reset_index()
+
+
+def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: int = 200) -> tuple[pd.DataFrame, dict]:
+    """Error (100 - metric) vs params and vs training FLOPs per method, each with a power-law fit."""
+    runs = fittable(df, metric)
+    runs = runs.loc[runs["drop_rate"].fillna(0) == 0]
+    points, fits = [], {}
+    for method, g in runs.groupby("method"):
+        error = 100.0 - g[metric].to_numpy(float)
+        for axis in ("params", "total_flops"):
+            x = g[axis].to_numpy(float)
+            name = f"{method}:{axis}"
+            for xi, yi, run in zip(x, error, g["run"]):
+                points.append({"method": method, "axis": axis, "x": xi, "error": yi, "run": run})
+            if np.unique(x[np.isfinite(x)]).size < 2:
+                fits[name] = {"skipped": f"needs at least two distinct {axis} values; got {np.unique(x).size}"}
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", FitWarning)
+                try:
+                    fit = fit_power(x, error, bootstrap=bootstrap, groups=g["size"].astype(str).to_numpy())
+                except FitError as err:
+                    fits[name] = {"skipped": str(err)}
+                    continue
+            out = fit.to_dict()
+            out["data"] = {"runs": int(len(g)), "x": axis, "y": f"100 - {metric}",
+                           "sizes": sorted(g["size"].dropna().unique().tolist())}
+            out["warnings"] = sorted(set(out["warnings"]) | {str(w.message) for w in caught})
+            fits[name] = out
+    return pd.DataFrame(points), fits
+
+
+def pareto(points: pd.DataFrame, cost: str, value: str) -> pd.Series:
+    """True for the points no other point beats on both lower cost and higher value."""
+    flags = []
+    for _, p in points.iterrows():
+        dominated = ((points[cost] <= p[cost]) & (points[value] >= p[value])
+                     & ((points[cost] < p[cost]) | (points[value] > p[value]))).any()
+        flags.append(not dominated)
+    return pd.Series(flags, index=points.index)
+
+
+def droptoken(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.DataFrame:
+    """VATT runs: metric vs training FLOPs (and throughput) per drop rate, with the Pareto frontier."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadWarning)
+        runs = fittable(df, metric)
+    runs = runs.loc[runs["method"] == "vatt"]
+    if runs.empty or runs["drop_rate"].nunique() < 2:
+        return pd.DataFrame()
+    table = runs.groupby(["size", "drop_rate"], dropna=False).agg(
+        total_flops=("total_flops", "mean"), metric=(metric, "mean"), seeds=(metric, "size"),
+        samples_per_s=("samples_per_s", "mean") if "samples_per_s" in runs else (metric, "size")).reset_index()
+    table["pareto"] = pareto(table, "total_flops", "metric")
+    return table
+
+
+def fairness(df: pd.DataFrame) -> dict[str, Any]:
+    """What the compared runs share (or not): backbone data, samples seen, evaluation protocol."""
+    complete = df.loc[df["state"] == "complete"] if "state" in df else df
+    facts: dict[str, Any] = {}
+    for col in ("data.source", "data.resolution", "data.frames", "data.difficulty", "samples_seen"):
+        if col in complete:
+            values = sorted(complete[col].dropna().unique().tolist())
+            facts[col] = values
+    facts["methods"] = sorted(complete["method"].dropna().unique().tolist()) if "method" in complete else []
+    return facts

@@ -1,0 +1,169 @@
+"""Meaning layer: run directories (and a sweep's study) -> one tidy pandas table, one row per run.
+
+Reads only files and storage: config.yaml, summary.json, metrics.jsonl, and the Optuna study of a
+sweep directory. Failed, stopped or NaN runs are kept with their reason; `fittable()` selects the
+rows a fit may use and says why the others are left out.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import yaml
+
+AXES = ("method", "size", "drop_rate", "global_batch", "micro_batch", "world_size", "seed", "lr", "zero_stage",
+        "precision")
+METRICS = ("knn_top1", "knn_top5", "linear_top1", "v2t_r1", "v2t_r5", "v2t_r10", "t2v_r1", "t2v_r5", "t2v_r10")
+
+
+class LoadWarning(UserWarning):
+    """A run was skipped or is not usable as is."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """A run's curves: metrics.jsonl as a table (one row per logged line; NaN where a key is absent)."""
+    rows = []
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pd.DataFrame(rows)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """One run as a flat row: its axes, cost, final and best metrics, wall time and state."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    summary = _read_json(run_dir / "summary.json")
+    row: dict[str, Any] = {"run_dir": str(run_dir), "run": run_dir.name}
+    for axis in AXES:
+        row[axis] = cfg.get(axis)
+    data = cfg.get("data", {}) or {}
+    row.update({"data.source": data.get("source"), "data.resolution": data.get("resolution"),
+                "data.frames": data.get("frames"), "data.difficulty": data.get("difficulty")})
+    params = summary.get("params") or {}
+    # The video backbone is what both methods share (VATT: video_backbone; DINO: the student backbone).
+    row["params"] = params.get("video_backbone", params.get("backbone")) if isinstance(params, dict) else params
+    row["params_trainable"] = params.get("trainable") if isinstance(params, dict) else None
+    row["flops_per_sample"] = summary.get("flops_per_sample")
+    row["total_flops"] = summary.get("total_flops")
+    row["samples_seen"] = summary.get("samples_seen")
+    row["steps"] = summary.get("steps")
+    row["planned_steps"] = summary.get("planned_steps")
+    row["wall_s"] = summary.get("wall_s")
+    row["negatives_per_positive"] = summary.get("negatives_per_positive")
+    final = summary.get("final", {}) or {}
+    row["final_loss"] = final.get("loss")
+    for m in METRICS:
+        row[f"final_{m}"] = final.get(m)
+    baseline = summary.get("random_init", {}) or {}
+    row["random_init_knn_top1"] = baseline.get("knn_top1")
+    curves = read_metrics(run_dir)
+    if not curves.empty:
+        if "train/loss" in curves:
+            row["best_loss"] = curves["train/loss"].min(skipna=True)
+        for m in METRICS:
+            key = f"eval/{m}"
+            if key in curves:
+                after = curves.loc[curves["step"] > 0, key] if "step" in curves else curves[key]
+                row[f"best_{m}"] = after.max(skipna=True) if after.notna().any() else None
+        if "train/samples_per_s" in curves:
+            row["samples_per_s"] = curves["train/samples_per_s"].median(skipna=True)
+    reason = summary.get("end_reason")
+    row["end_reason"] = reason
+    if reason is None:
+        row["state"] = "running" if curves.size else "pending"
+    elif reason == "completed":
+        row["state"] = "complete"
+    elif str(reason).startswith("stopped"):
+        row["state"] = "pruned" if "pruned" in str(summary.get("stop", "")) else "stopped"
+    else:
+        row["state"] = "failed"
+    return row
+
+
+def _run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"no such run or sweep directory: {path}")
+        if (path / "config.yaml").is_file():
+            found.append(path)
+            continue
+        found.extend(sorted(p.parent for p in path.rglob("config.yaml") if "checkpoints" not in p.parts))
+    return list(dict.fromkeys(found))
+
+
+def _study_states(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per run directory: the trial's state and objective, from the sweep's default SQLite study."""
+    db = sweep_dir / "study.db"
+    if not db.is_file():
+        return {}
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = f"sqlite:///{db.resolve()}"
+        out = {}
+        for summary in optuna.get_all_study_summaries(url):
+            study = optuna.load_study(study_name=summary.study_name, storage=url)
+            for t in study.get_trials(deepcopy=False):
+                run_dir = t.user_attrs.get("run_dir")
+                if run_dir:
+                    out[str(Path(run_dir).resolve())] = {"trial": t.number, "trial_state": t.state.name,
+                                                         "objective": t.value}
+        return out
+    except Exception as err:  # a study we cannot read does not stop the analysis of its runs
+        warnings.warn(f"could not read the study in {db}: {err}", LoadWarning, stacklevel=3)
+        return {}
+
+
+def load(*paths: str | Path) -> pd.DataFrame:
+    """One row per run found under `paths` (run directories or sweep directories)."""
+    rows = []
+    trials: dict[str, dict[str, Any]] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            trials.update(_study_states(path))
+    for run_dir in _run_dirs(paths):
+        try:
+            row = run_row(run_dir)
+        except (OSError, yaml.YAMLError) as err:
+            warnings.warn(f"skipping {run_dir}: {err}", LoadWarning, stacklevel=2)
+            continue
+        row.update(trials.get(str(run_dir.resolve()), {}))
+        rows.append(row)
+    if not rows:
+        warnings.warn(f"no runs found under {', '.join(map(str, paths))}", LoadWarning, stacklevel=2)
+        return pd.DataFrame(columns=["run_dir", "run", *AXES, "state"])
+    return pd.DataFrame(rows)
+
+
+def fittable(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The complete runs with a finite `column`; warns naming those left out and why."""
+    if column not in df.columns:
+        warnings.warn(f"no column {column!r} in the runs (nothing to fit)", LoadWarning, stacklevel=2)
+        return df.iloc[0:0]
+    ok = (df["state"] == "complete") & df[column].map(_finite)
+    left = df.loc[~ok]
+    for _, r in left.iterrows():
+        why = r["end_reason"] if r["state"] != "complete" else f"{column} is missing or not finite"
+        warnings.warn(f"left out of the fit: {r['run']} ({why})", LoadWarning, stacklevel=2)
+    return df.loc[ok]

@@ -1,0 +1,157 @@
+"""Meaning layer: `scaling analyze` — every output of the analysis, and one self-contained report.html.
+
+Writes runs.csv, fits.json, batch_sensitivity.csv/.md, scaling.csv, droptoken.csv, the plots (PNG
+and SVG) and report.html, which embeds the plots and tables and states, for each fit, the data it
+used and its uncertainty.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import compare, plots
+from analysis.load import LoadWarning, load
+
+METRIC_LABEL = {"final_knn_top1": "k-NN top-1 (%)", "final_linear_top1": "linear top-1 (%)"}
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_no data_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>no data</em></p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in df.columns) + "</tr>"
+                   for _, r in df.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_top1", bootstrap: int = 200) -> dict:
+    """Run the whole analysis over run/sweep directories into `out`; returns what was written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LoadWarning)
+        df = load(*paths)
+        if df.empty:
+            raise ValueError(f"no runs found under {', '.join(map(str, paths))}")
+        if metric not in df.columns:
+            raise ValueError(f"no metric {metric!r} in the runs; available: "
+                             f"{', '.join(c for c in df.columns if c.startswith(('final_', 'best_')))}")
+        sens, slopes = compare.batch_sensitivity(df, metric)
+        points, fits = compare.model_scaling(df, metric, bootstrap=bootstrap)
+        drop = compare.droptoken(df, metric)
+    notes += sorted({str(w.message) for w in caught})
+    label = METRIC_LABEL.get(metric, metric)
+
+    written = {}
+    df.to_csv(out / "runs.csv", index=False)
+    written["runs"] = out / "runs.csv"
+    sens.to_csv(out / "batch_sensitivity.csv", index=False)
+    ablation = compare.ablation_table(sens)
+    (out / "batch_sensitivity.md").write_text(
+        f"# Batch sensitivity ({label})\n\nMean over seeds ± half the 95% CI, by global batch:\n\n{_md(ablation)}\n"
+        f"Slope per halving of the batch (points of {label}; 95% CI over seeds):\n\n{_md(slopes)}")
+    points.to_csv(out / "scaling.csv", index=False)
+    drop.to_csv(out / "droptoken.csv", index=False)
+    fairness = compare.fairness(df)
+    (out / "fits.json").write_text(json.dumps({"metric": metric, "model_scaling": fits,
+                                               "batch_slopes": slopes.to_dict(orient="records"),
+                                               "fairness": fairness}, indent=2, default=str))
+    figures = []
+    if not sens.empty:
+        figures.append(("Batch sensitivity", plots.batch_sensitivity_plot(sens, label, out)[0]))
+    if not points.empty:
+        figures.append(("Model scaling", plots.model_scaling_plot(points, fits, out)[0]))
+    if not drop.empty:
+        figures.append(("DropToken frontier", plots.droptoken_plot(drop, label, out)[0]))
+    written.update({"fits": out / "fits.json", "batch_sensitivity": out / "batch_sensitivity.csv",
+                    "scaling": out / "scaling.csv", "figures": [p for _, p in figures]})
+    (out / "report.html").write_text(_report_html(df, sens, ablation, slopes, fits, drop, fairness, figures, notes,
+                                                  label, paths))
+    written["report"] = out / "report.html"
+    return written
+
+
+def _fit_text(name: str, fit: dict) -> str:
+    if "skipped" in fit:
+        return f"<li><b>{html.escape(name)}</b>: not fitted — {html.escape(fit['skipped'])}</li>"
+    parts = []
+    for p in ("E", "A", "alpha"):
+        lo, hi = fit[p]["interval"]
+        parts.append(f"{p} = {fit[p]['value']:.4g} [{lo:.4g}, {hi:.4g}]")
+    data = fit.get("data", {})
+    extra = fit.get("extrapolation", {})
+    text = (f"<li><b>{html.escape(name)}</b>: y = E + A·x<sup>−alpha</sup> with y = {html.escape(data.get('y', ''))}, "
+            f"x = {html.escape(data.get('x', ''))}; {fit['n_points']} runs (sizes {', '.join(map(str, data.get('sizes', [])))}); "
+            f"{'; '.join(parts)} ({fit['alpha']['level']:.0%} bootstrap intervals, resampling model sizes)")
+    if extra:
+        text += f"; leaving the largest x out, it is predicted within {extra['relative_error']:.1%}"
+    if fit.get("warnings"):
+        text += "<br><span class=warn>" + html.escape("; ".join(fit["warnings"])) + "</span>"
+    return text + "</li>"
+
+
+def _report_html(df, sens, ablation, slopes, fits, drop, fairness, figures, notes, label, paths) -> str:
+    states = df["state"].value_counts().to_dict()
+    baseline = df.dropna(subset=["random_init_knn_top1"]) if "random_init_knn_top1" in df else df.iloc[0:0]
+    base_table = (baseline.groupby(["method", "size"])[["random_init_knn_top1", "final_knn_top1"]].mean().reset_index()
+                  if not baseline.empty else pd.DataFrame())
+    fair = "".join(f"<li>{html.escape(k)}: {html.escape(', '.join(map(str, v)) if isinstance(v, list) else str(v))}"
+                   f"{' (shared by every run)' if isinstance(v, list) and len(v) == 1 else ''}</li>" for k, v in fairness.items())
+    figs = "".join(f"<h3>{html.escape(t)}</h3>{_img(p, t)}" for t, p in figures)
+    fit_items = "".join(_fit_text(k, v) for k, v in fits.items()) or "<li>no model-scaling fit (one size only)</li>"
+    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes) or "<li>none</li>"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>VATT vs DINO scaling report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}}
+table{{border-collapse:collapse;margin:0.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+img{{max-width:100%}}.warn{{color:#a40}}</style></head><body>
+<h1>VATT vs DINO: scaling report</h1>
+<p>{len(df)} runs from {html.escape(', '.join(map(str, paths)))} ({', '.join(f'{n} {s}' for s, n in states.items())}),
+analysed {dt.datetime.now().isoformat(timespec='minutes')}. Metric: {html.escape(label)} on held-out clips.</p>
+<h2>What the comparison holds fixed</h2>
+<p>Both methods train the same video backbone and voxel tokenizer on the same clips and are evaluated with
+the same protocol (frozen backbone features; weighted k-NN, k = 20, T = 0.07; a linear probe). What the runs
+actually share:</p><ul>{fair}</ul>
+<h2>Random-init baseline</h2>{_html_table(base_table)}
+<h2>Batch sensitivity</h2>
+<p>Mean over seeds ± half the 95% t-interval. The optimizer batch is the global batch; VATT's negatives
+per positive (all-gathered, per micro-step) are shown beside it.</p>
+{_html_table(ablation)}
+<h3>Per batch</h3>{_html_table(sens)}
+<h3>Slope per halving of the batch</h3>{_html_table(slopes)}
+<h2>Model scaling fits</h2><ul>{fit_items}</ul>
+<h2>DropToken</h2>{_html_table(drop)}
+<h2>Figures</h2>{figs}
+<h2>Runs and warnings</h2><ul>{note_items}</ul>
+</body></html>
+"""

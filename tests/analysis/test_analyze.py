@@ -1,0 +1,106 @@
+"""`scaling analyze` and the notebooks, on a real sweep the test produces (tiny runs, in process)."""
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from analysis.load import LoadWarning, load
+from clitools import run_cli
+from sweeptools import FIXED
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "analysis" / "notebooks"
+SPEC = {
+    "name": "analysis_fixture",
+    "fixed": {**FIXED, "eval.linear_probe": False},
+    "grid": [{"method": ["vatt", "dino"], "global_batch": [4, 8], "seed": [0, 1]},
+             {"method": ["vatt", "dino"], "size": ["micro"]},
+             {"method": ["vatt"], "drop_rate": [0.5]}],
+    "launcher": {"type": "debug"},
+}
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    import yaml
+
+    root = tmp_path_factory.mktemp("analysis")
+    spec = root / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "dir": str(root / "sweep")}))
+    run_cli("sweep", "submit", str(spec), timeout=1200)
+    return root / "sweep"
+
+
+def test_load_gives_one_row_per_run_with_axes_costs_metrics_and_state(sweep):
+    df = load(sweep)
+    assert len(df) == 11
+    assert set(df["state"]) == {"complete"} and set(df["trial_state"]) == {"COMPLETE"}
+    for col in ("method", "size", "drop_rate", "global_batch", "seed", "params", "total_flops", "samples_seen",
+                "final_knn_top1", "best_knn_top1", "final_loss", "wall_s"):
+        assert df[col].notna().all(), col
+    assert (df.loc[df["size"] == "micro", "params"].min() > df.loc[df["size"] == "nano", "params"].max())
+
+
+def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path):
+    out = tmp_path / "report"
+    printed = run_cli("analyze", str(sweep), "--out", str(out), "--bootstrap", "20").stdout
+    assert f"report: {out / 'report.html'}" in printed
+    for name in ("runs.csv", "fits.json", "batch_sensitivity.csv", "batch_sensitivity.md", "scaling.csv",
+                 "batch_sensitivity.png", "batch_sensitivity.svg", "model_scaling.png", "model_scaling.svg",
+                 "droptoken.png", "droptoken.svg", "report.html"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    page = (out / "report.html").read_text()
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3 and all(len(i) > 1000 for i in images)
+    for heading in ("What the comparison holds fixed", "Random-init baseline", "Batch sensitivity",
+                    "Slope per halving", "Model scaling fits", "DropToken"):
+        assert heading in page
+    fits = json.loads((out / "fits.json").read_text())
+    assert set(fits["model_scaling"]) == {"vatt:params", "vatt:total_flops", "dino:params", "dino:total_flops"}
+    vatt = fits["model_scaling"]["vatt:params"]
+    assert "alpha" in vatt and vatt["data"]["sizes"] == ["micro", "nano"] and len(vatt["alpha"]["interval"]) == 2
+    assert "| batch 4 | batch 8 |" in (out / "batch_sensitivity.md").read_text()
+
+
+def test_edge_cases_warn_or_fail_clearly(sweep, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("analyze", str(empty), "--out", str(tmp_path / "o1"), check=False)
+    assert proc.returncode == 2 and "no runs found" in proc.stderr
+    proc = run_cli("analyze", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o2"), check=False)
+    assert proc.returncode == 2 and "no such run or sweep directory" in proc.stderr
+    proc = run_cli("analyze", str(sweep), "--out", str(tmp_path / "o3"), "--metric", "final_accuracy", check=False)
+    assert proc.returncode == 2 and "no metric 'final_accuracy'" in proc.stderr and "final_knn_top1" in proc.stderr
+
+    # A single run, and a run whose metric is NaN: analysed, with the reasons stated.
+    runs = sorted((sweep / "trials").iterdir())
+    single = tmp_path / "single"
+    shutil.copytree(runs[0], single / runs[0].name)
+    run_cli("analyze", str(single), "--out", str(tmp_path / "o4"), "--bootstrap", "5")
+    assert (tmp_path / "o4" / "report.html").is_file()
+    broken = tmp_path / "broken"
+    shutil.copytree(sweep / "trials", broken)
+    victim = sorted(broken.iterdir())[0] / "summary.json"
+    summary = json.loads(victim.read_text())
+    summary["final"]["knn_top1"] = float("nan")
+    victim.write_text(json.dumps(summary))
+    with pytest.warns(LoadWarning, match="knn_top1 is missing or not finite"):
+        from analysis.compare import batch_sensitivity
+
+        batch_sensitivity(load(broken), "final_knn_top1")
+    run_cli("analyze", str(broken), "--out", str(tmp_path / "o5"), "--bootstrap", "5")
+    assert "missing or not finite" in (tmp_path / "o5" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("notebook", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_the_notebooks_run_headless_on_the_sweep(sweep, notebook, monkeypatch):
+    monkeypatch.setenv("SCALING_SWEEP", str(sweep))
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("11 runs" in "".join(o.get("text", "")) for o in outputs)
