@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from scaling.config import ConfigError, RunConfig
+from scaling.cli_study import cmd_analyze, cmd_demo, cmd_fit, cmd_jobs, cmd_sweep
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -52,26 +53,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
           f"grads {_human(states['grads'], 'B')}, optimizer {_human(states['optimizer'], 'B')}, "
           f"activations ~{_human(mem['activations_bytes'], 'B')}; total ~{_human(mem['total_bytes'], 'B')}")
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """One short run of each method on the synthetic clips (the main job until the sweep demo)."""
-    from scaling.train.loop import train
-
-    rows = []
-    for method in ("vatt", "dino"):
-        config = args.config or str(CONFIGS / f"demo_{method}.yaml")
-        cfg = RunConfig.load(config, args.overrides)
-        run_dir = Path(args.runs) / f"demo-{cfg.method}"
-        print(f"[{method}] {run_dir} (watch: tensorboard --logdir {run_dir / 'tb'})")
-        summary = train(cfg, run_dir)
-        rows.append((method, summary))
-    print(f"\n{'method':<6} {'steps':>6} {'k-NN random init':>17} {'k-NN trained':>13} {'linear trained':>15} {'wall s':>7}")
-    for method, s in rows:
-        print(f"{method:<6} {s['steps']:>6} {s['random_init'].get('knn_top1', float('nan')):>17.1f} "
-              f"{s['final'].get('knn_top1', float('nan')):>13.1f} {s['final'].get('linear_top1', float('nan')):>15.1f} "
-              f"{s['wall_s']:>7.0f}")
-    return 0 if all(s.get("end_reason") == "completed" for _, s in rows) else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -146,153 +127,6 @@ def _submit_train(args: argparse.Namespace, configs: list) -> int:
     return 0 if all(r == "completed" for r in reasons.values()) else 1
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    from slurm.jobs import JOB_RECORD, progress, read_record, run_states
-
-    root = Path(args.runs)
-    run_dirs = sorted({p.parent for pattern in ("*/", "*/*/", "*/*/*/") for p in root.glob(pattern + JOB_RECORD)})
-    if not run_dirs:
-        print(f"no submitted runs under {root}/")
-        return 0
-    states = run_states(run_dirs)
-    print(f"{'job':<12} {'launcher':<8} {'state':<11} {'step':>11}  {'last metric':<28} run")
-    for run_dir in run_dirs:
-        rec, last = read_record(run_dir), progress(run_dir)
-        planned = _planned_steps(run_dir)
-        step = f"{last.get('step', 0)}/{planned}" if planned else str(last.get("step", 0))
-        metric = next(((k, last[k]) for k in ("eval/knn_top1", "train/loss") if isinstance(last.get(k), (int, float))), None)
-        metric_text = f"{metric[0]}={metric[1]:.4g}" if metric else "-"
-        print(f"{rec.get('job_id', '-'):<12} {rec.get('launcher', '-'):<8} {states[run_dir]:<11} {step:>11}  "
-              f"{metric_text:<28} {run_dir}")
-    return 0
-
-
-def _planned_steps(run_dir: Path) -> int | None:
-    try:
-        return RunConfig.load(run_dir / "config.yaml").total_steps
-    except (OSError, ConfigError):
-        return None
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """`scaling sweep plan|submit|status|cancel|tensorboard SPEC`."""
-    from sweeps import commands
-    from sweeps.spec import load_spec
-
-    spec = load_spec(args.spec, check_storage=args.action != "plan")
-    if args.action == "plan":
-        commands.print_plan(spec, commands.plan(spec))
-        return 0
-    if args.action == "submit":
-        launcher = {k: v for k, v in (("type", args.launcher), ("profile", args.profile)) if v}
-        if launcher:
-            from sweeps.spec import SpecError
-
-            merged = {**spec.launcher, **launcher}
-            if merged["type"] == "slurm" and not merged.get("profile"):
-                raise SpecError("--profile", "a slurm launcher needs a cluster profile")
-        print(f"sweep {spec.name}: {spec.trials} trial(s), storage {commands.storage_url(spec)}")
-        print(f"watch: {' '.join(commands.tensorboard_command(spec))}")
-        commands.submit(spec, launcher)
-        if not args.wait:
-            print(f"follow: scaling sweep status {args.spec}")
-            return 0
-        final = commands.wait(spec, launcher)
-        return 0 if not final.get("FAIL") or _all_points_done(spec) else 1
-    if args.action == "status":
-        commands.print_status(spec, commands.status(spec), args.json)
-        return 0
-    if args.action == "cancel":
-        commands.cancel(spec)
-        return 0
-    cmd = commands.tensorboard_command(spec)
-    if not args.start:
-        print(" ".join(cmd))
-        return 0
-    import os
-
-    os.execvp(cmd[0], cmd)
-    return 0
-
-
-def _all_points_done(spec) -> bool:
-    from sweeps import commands
-
-    c = commands.counts(commands.status(spec))
-    return c.get("COMPLETE", 0) + c.get("PRUNED", 0) >= spec.trials
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    """`scaling fit CSV --law chinchilla|power`: fit a scaling law to any table of points."""
-    import warnings
-
-    import pandas as pd
-
-    from analysis.fits import FitError, FitWarning, fit_chinchilla, fit_power
-
-    path = Path(args.csv)
-    if not path.is_file():
-        raise ConfigError("csv", f"no such file: {path}")
-    table = pd.read_csv(path)
-
-    def column(flag: str, name: str | None):
-        if name is None:
-            raise ConfigError(flag, f"required for --law {args.law}; columns: {', '.join(table.columns)}")
-        if name not in table.columns:
-            raise ConfigError(flag, f"no column {name!r} in {path}; columns: {', '.join(table.columns)}")
-        return pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=float)
-
-    y = column("--y", args.y)
-    if args.drop_top:
-        keep = y.argsort(kind="stable")[: max(0, len(y) - args.drop_top)]
-        table, y = table.iloc[sorted(keep)].reset_index(drop=True), y[sorted(keep)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitWarning)
-        try:
-            if args.law == "power":
-                fit = fit_power(column("--x", args.x), y, bootstrap=args.bootstrap, seed=args.seed)
-            else:
-                n = column("--n", args.n)
-                if (args.d is None) == (args.c is None):
-                    raise ConfigError("--d", "give exactly one of --d COL (tokens or samples) or --c COL "
-                                             "(training FLOPs, with D = C / (6 N))")
-                d = column("--d", args.d) if args.d else column("--c", args.c) / (6 * n)
-                fit = fit_chinchilla(n, d, y, bootstrap=args.bootstrap, seed=args.seed)
-        except FitError as err:
-            raise ConfigError("data", str(err)) from None
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(fit.to_dict(), indent=2))
-        return 0
-    print(f"{fit.law} fit of {fit.n_points} points from {path} (objective {fit.objective:.6g})")
-    for name, value in fit.params.items():
-        lo, hi = fit.intervals.get(name, (float("nan"), float("nan")))
-        print(f"  {name:<6} {value:>12.6g}   {fit.level:.0%} interval [{lo:.6g}, {hi:.6g}]")
-    if fit.extrapolation:
-        print(f"  leaving the largest scale out, it is predicted within {fit.extrapolation['relative_error']:.2%}")
-    return 0
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    """`scaling analyze SWEEP_OR_RUN_DIRS --out DIR`: tables, fits, plots and report.html."""
-    from analysis.report import analyze
-
-    for path in args.paths:
-        if not Path(path).exists():
-            raise ConfigError("paths", f"no such run or sweep directory: {path}")
-    try:
-        written = analyze(args.paths, args.out, metric=args.metric, bootstrap=args.bootstrap)
-    except ValueError as err:
-        raise ConfigError("paths", str(err)) from None
-    print(f"report: {written['report']}")
-    for name in ("runs", "fits", "batch_sensitivity", "scaling"):
-        print(f"{name}: {written[name]}")
-    for fig in written["figures"]:
-        print(f"figure: {fig} (+ .svg)")
-    return 0
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from scaling.train.reevaluate import reevaluate
 
@@ -365,10 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="a short run of each method on the synthetic clips, with its random-init baseline")
-    p.add_argument("--config", "-c", help="one RunConfig YAML for both methods (default: the packaged demo configs)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--runs", default="runs", help="where the demo's run directories go (default: runs/)")
+    p = sub.add_parser("demo", help="the mini-study: a sweep of both methods on synthetic clips, analysed")
+    p.add_argument("--spec", default="demo", help="the sweep spec (default: sweeps/demo.yaml)")
+    p.add_argument("--launcher", choices=["slurm", "local"], help="default: SLURM when sbatch answers, else local")
+    p.add_argument("--fresh", action="store_true", help="start over: remove the demo sweep's directory first")
+    p.add_argument("--out", help="where the report goes (default: <sweep dir>/report)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the fits' intervals")
     p.set_defaults(func=cmd_demo)
     return parser
 
