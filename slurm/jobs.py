@@ -13,6 +13,8 @@ import datetime as dt
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ class TrainJob:
     """The submitted callable: train the run in `run_dir` (resuming it) on every task of the job."""
 
     run_dir: str
+    guard_s: int = 0          # SLURM: save and requeue this long before the time limit, should USR2 not come
+    max_requeues: int = 0     # ... at most this many times (the profile's max_timeout_requeues)
 
     def __call__(self) -> dict[str, Any]:
         import submitit
@@ -52,6 +56,9 @@ class TrainJob:
                                             f"{cfg.world_size} ranks")
         summary = self.run(cfg)
         reason = summary.get("end_reason", "completed")  # ranks other than 0 return {}
+        if reason == "deadline":
+            self._requeue()
+            return summary
         if reason.startswith("nonfinite") or reason.startswith("error"):
             raise RunFailed(f"{self.run_dir}: {reason}")
         return summary
@@ -60,13 +67,48 @@ class TrainJob:
         """Every rank: train (or resume) the run; the summary on rank 0, {} elsewhere."""
         from scaling.train.loop import train
 
-        return train(cfg, self.run_dir)
+        return train(cfg, self.run_dir, deadline=self.deadline())
+
+    def deadline(self) -> float | None:
+        """Rank 0 of a SLURM job: when to save and requeue by itself — `guard_s` before the job's
+        end time. SLURM's USR2 normally comes first; this covers a signal that never arrives."""
+        job = os.environ.get("SLURM_JOB_ID")
+        if not job or not self.guard_s or int(os.environ.get("RANK", "0")) != 0:
+            return None
+        if _timeout_requeues(self.run_dir) >= self.max_requeues:
+            return None  # out of requeues: run on to the limit
+        try:
+            out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True, timeout=30)
+            end = dt.datetime.fromisoformat(out.stdout.strip().splitlines()[0]).timestamp()
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+        return end - self.guard_s
+
+    def _requeue(self) -> None:
+        """Rank 0: count the requeue in job.json, then ask SLURM to requeue this job."""
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
+        path = Path(self.run_dir) / JOB_RECORD
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record["timeout_requeues"] = record.get("timeout_requeues", 0) + 1
+        rd.write_json(path, record)
+        print(f"time limit near: requeuing job {os.environ['SLURM_JOB_ID']} "
+              f"({record['timeout_requeues']} of {self.max_requeues})", flush=True)
+        done = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RunFailed(f"scontrol requeue failed: {done.stderr.strip()}")
+        sys.exit(-1)  # as submitit does after its own requeue: no result, the requeued job continues
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Requeue: a fresh callable on the same run directory resumes from its latest checkpoint."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
+
+
+def _timeout_requeues(run_dir: str) -> int:
+    path = Path(run_dir) / JOB_RECORD
+    return json.loads(path.read_text()).get("timeout_requeues", 0) if path.is_file() else 0
 
 
 def make_executor(launcher: str, folder: Path, *, profile: Profile | None = None, res: Resources | None = None,
@@ -169,11 +211,17 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
     executor = make_executor(launcher, folder, profile=profile, res=res, job_name=job_name, parallelism=parallelism)
     for cfg, run_dir in zip((c for c, _ in runs), run_dirs):
         prepare(cfg, run_dir)
+    def callable_for(run_dir: Path):
+        job = make_job(str(run_dir))
+        if launcher == "slurm":
+            job.guard_s, job.max_requeues = profile.signal_delay_s, profile.max_timeout_requeues
+        return job
+
     if len(runs) == 1 or launcher == "debug":
-        jobs = [executor.submit(make_job(str(d))) for d in run_dirs]
+        jobs = [executor.submit(callable_for(d)) for d in run_dirs]
     else:
         with executor.batch():
-            pending = [executor.submit(make_job(str(d))) for d in run_dirs]
+            pending = [executor.submit(callable_for(d)) for d in run_dirs]
         jobs = list(pending)
     for job, run_dir in zip(jobs, run_dirs):
         _record(run_dir, job, launcher, profile, res)

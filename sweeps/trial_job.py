@@ -40,7 +40,7 @@ class TrialJob(TrainJob):
                 pruned.append(step)
                 raise StopRun(f"pruned at step {step}")
 
-        summary = train(cfg, self.run_dir, on_eval=on_eval)
+        summary = train(cfg, self.run_dir, on_eval=on_eval, deadline=self.deadline())
         if study is not None:
             self._tell(study, summary, pruned)
         return summary
@@ -63,6 +63,8 @@ class TrialJob(TrainJob):
 
         frozen = study._storage.get_trial(self.trial_id)
         reason = summary.get("end_reason", "")
+        if reason == "deadline":  # requeued to continue: the trial stays RUNNING
+            return
         if pruned:
             summary["stop"] = f"pruned at step {pruned[0]}"
             rd.write_json(Path(self.run_dir) / rd.SUMMARY, summary)

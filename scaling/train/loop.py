@@ -37,6 +37,13 @@ def _all_true(flag: bool) -> bool:
     return bool(int(t))
 
 
+def _from_rank0(value: float | None) -> float | None:
+    """Rank 0's value on every rank (None stays None), so all ranks take the same collective path."""
+    t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return None if math.isnan(float(t)) else float(t)
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
     """Rank 0: create the layout; an existing run directory must hold the same config (resume)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,8 +61,11 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict], None] | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          deadline: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (resuming it if it holds checkpoints); returns the summary.
+
+    `deadline` (a time.time() value, known to rank 0) ends the run early with end_reason
+    "deadline" after a checkpoint of the last step: launchers use it to requeue before a time limit.
 
     Every rank of the process group calls this. `on_eval(step, metrics)` runs on rank 0 after each
     evaluation and may raise StopRun (sweeps use it for pruning).
@@ -63,6 +73,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     run_dir = Path(run_dir)
     rank, world = init_distributed()
     is_main = rank == 0
+    deadline = _from_rank0(deadline)
     say = log if is_main else (lambda _msg: None)
     if is_main:
         prepare_run_dir(cfg, run_dir)
@@ -161,6 +172,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                 last_metrics["grad_norm"] = grad_norm
             if is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == start_step + 1):
                 logger.log(step, last_metrics)
+            if deadline is not None and step < cfg.total_steps and \
+                    not _all_true(not (is_main and time.time() >= deadline)):  # rank 0's clock decides for all
+                save(step)
+                end_reason = "deadline"
+                raise StopRun(f"the time limit is near: saved step {step} for the requeued job")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps:
                 eval_metrics = evaluate(cfg, engine, objective)
                 stop = None

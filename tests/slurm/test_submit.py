@@ -90,18 +90,21 @@ def test_preemption_requeues_and_resumes_with_every_step_logged_once(cluster, tm
 
 def test_a_run_past_its_time_limit_is_requeued_and_finishes(cluster, tmp_path):
     profile = tmp_path / "short.yaml"
-    # slurmctld checks time limits about every 30 s, so USR2 comes 60-90 s before the 2-minute limit:
-    # 30-60 s into each attempt. The run needs about 90 s, so every attempt but the last is cut short.
+    # slurmctld checks time limits about every 30 s, so USR2 comes 60-90 s before the 2-minute limit
+    # (30-60 s into each attempt; the run's own deadline is at 60 s). The run needs over a minute
+    # on this machine, so at least its first attempt is cut short.
     profile.write_text(yaml.safe_dump({"partition": "local", "tasks_per_node": 2, "mem": "4G", "time": 2,
-                                       "signal_delay_s": 60, "max_timeout_requeues": 6}))
+                                       "signal_delay_s": 60, "max_timeout_requeues": 20}))
     run_dir = tmp_path / "timed_out"
-    steps = 300
-    run_cli("train", *VATT, f"steps={steps}", "checkpoint_every=20", "log_every=10", "--run-dir", str(run_dir),
+    steps = 600
+    run_cli("train", *VATT, f"steps={steps}", "checkpoint_every=25", "log_every=10", "--run-dir", str(run_dir),
             "--launcher", "slurm", "--profile", str(profile), "--nproc", "2")
     job = job_id(run_dir)
     assert wait_final(job, timeout=900) == "COMPLETED"
     log = (run_dir / "logs" / job / f"{job}_0_log.out").read_text()
-    assert "this job is timed-out" in log and "Requeued job" in log and "resumed from step" in log
+    # Requeued by submitit on SLURM's USR2, or, should the signal not come, by the run's own deadline.
+    assert ("this job is timed-out" in log and "Requeued job" in log) or "time limit near: requeuing job" in log
+    assert "resumed from step" in log
     logged = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
     assert logged == sorted(set(logged)) and logged[-1] == steps
     assert json.loads((run_dir / "summary.json").read_text())["end_reason"] == "completed"
