@@ -30,6 +30,25 @@ class ConfigError(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
+def load_named_yaml(name_or_path: str | Path, folder: Path, what: str, field_name: str,
+                    error: type[ConfigError] = ConfigError) -> tuple[Path, Any]:
+    """A YAML file given by path, or by name in `folder` (NAME.yaml): (its path, its content).
+
+    Raises `error(field_name, ...)` listing the names available when there is no such file, or
+    when it is not valid YAML.
+    """
+    path = Path(name_or_path)
+    if not path.is_file() and (folder / f"{name_or_path}.yaml").is_file():
+        path = folder / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise error(field_name, f"no {what} {str(name_or_path)!r}; available: {names} (or a path to a .yaml file)")
+    try:
+        return path, yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise error(field_name, f"{path} is not valid YAML: {err}") from None
+
+
 # ----------------------------------------------------------------------------- checks
 def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from scaling.config import ConfigError
+from scaling.config import ConfigError, load_named_yaml
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
@@ -156,16 +155,7 @@ def available_profiles() -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> Profile:
     """A profile by name (slurm/profiles/NAME.yaml) or by path to a YAML file."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = PROFILES / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ProfileError("--profile", f"no profile {str(name_or_path)!r}; available: "
-                           f"{', '.join(available_profiles())} (or a path to a .yaml file)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ProfileError("--profile", f"{path} is not valid YAML: {err}") from None
+    path, data = load_named_yaml(name_or_path, PROFILES, "profile", "--profile", ProfileError)
     return Profile.from_dict(data, path.stem)
 
 

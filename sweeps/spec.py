@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from scaling.config import ConfigError, RunConfig
+from scaling.config import ConfigError, RunConfig, load_named_yaml
 
 SPEC_KEYS = ("name", "description", "base", "fixed", "per_method", "grid", "search", "trials", "objective",
              "pruner", "storage", "launcher", "retries", "dir", "seed", "estimate")
@@ -200,18 +200,7 @@ def _resolve_base(base: Any, spec_path: Path) -> str | None:
 
 def load_spec(path: str | Path, *, check_storage: bool = True) -> SweepSpec:
     """Read and fully validate a sweep spec; nothing is created except (when asked) a storage probe."""
-    path = Path(path)
-    if not path.is_file():
-        named = SPECS / f"{path}.yaml"
-        if path.suffix not in (".yaml", ".yml") and named.is_file():
-            path = named
-        else:
-            raise SpecError("spec", f"no sweep spec at {str(path)!r}; shipped specs: "
-                                    f"{', '.join(sorted(p.stem for p in SPECS.glob('*.yaml')))}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError("spec", f"{path} is not valid YAML: {err}") from None
+    path, raw = load_named_yaml(path, SPECS, "sweep spec", "spec", SpecError)
     raw = _mapping("spec", raw)
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
