@@ -81,6 +81,10 @@ def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: i
     runs = runs.loc[runs["drop_rate"].fillna(0) == 0]
     points, fits = [], {}
     for method, g in runs.groupby("method"):
+        # Compare sizes at one optimizer batch: the one that the most sizes ran (the larger on a tie).
+        sizes_at = g.groupby("global_batch")["size"].nunique()
+        batch = max(sizes_at.index, key=lambda b: (sizes_at[b], b))
+        g = g.loc[g["global_batch"] == batch]
         error = 100.0 - g[metric].to_numpy(float)
         for axis in ("params", "total_flops"):
             x = g[axis].to_numpy(float)
@@ -93,12 +97,15 @@ def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: i
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", FitWarning)
                 try:
-                    fit = fit_power(x, error, bootstrap=bootstrap, groups=g["size"].astype(str).to_numpy())
+                    fit = fit_power(x, error, bootstrap=bootstrap)
                 except FitError as err:
                     fits[name] = {"skipped": str(err)}
                     continue
             out = fit.to_dict()
-            out["data"] = {"runs": int(len(g)), "x": axis, "y": f"100 - {metric}",
+            if np.unique(x).size < 3:
+                out["warnings"].append(f"only {np.unique(x).size} distinct {axis} values for 3 parameters: "
+                                       "the exponent is not identified (run more sizes)")
+            out["data"] = {"runs": int(len(g)), "x": axis, "y": f"100 - {metric}", "global_batch": int(batch),
                            "sizes": sorted(g["size"].dropna().unique().tolist())}
             out["warnings"] = sorted(set(out["warnings"]) | {str(w.message) for w in caught})
             fits[name] = out
@@ -121,9 +128,12 @@ def droptoken(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.DataFrame:
         warnings.simplefilter("ignore", LoadWarning)
         runs = fittable(df, metric)
     runs = runs.loc[runs["method"] == "vatt"]
-    if runs.empty or runs["drop_rate"].nunique() < 2:
+    # Only (size, batch) settings that ran more than one drop rate compare like with like.
+    rates = runs.groupby(["size", "global_batch"])["drop_rate"].transform("nunique")
+    runs = runs.loc[rates >= 2]
+    if runs.empty:
         return pd.DataFrame()
-    table = runs.groupby(["size", "drop_rate"], dropna=False).agg(
+    table = runs.groupby(["size", "global_batch", "drop_rate"], dropna=False).agg(
         total_flops=("total_flops", "mean"), metric=(metric, "mean"), seeds=(metric, "size"),
         samples_per_s=("samples_per_s", "mean") if "samples_per_s" in runs else (metric, "size")).reset_index()
     table["pareto"] = pareto(table, "total_flops", "metric")

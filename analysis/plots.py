@@ -28,25 +28,31 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def batch_sensitivity_plot(table: pd.DataFrame, metric_label: str, out: Path) -> list[Path]:
+def batch_sensitivity_plot(table: pd.DataFrame, metric_label: str, out: Path, runs: pd.DataFrame | None = None,
+                           metric: str | None = None) -> list[Path]:
+    """Metric vs global batch (mean, 95% CI over seeds, and each seed), and the retained fraction."""
     plt = _figure()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    styles = {size: ls for size, ls in zip(sorted(table["size"].dropna().unique()), ("-", "--", ":", "-."))}
     for (method, size, drop), g in table.groupby(["method", "size", "drop_rate"], dropna=False):
         g = g.sort_values("global_batch")
         label = f"{method} {size}" + (f" drop {drop:g}" if drop else "")
-        color = COLORS.get(method)
-        err = np.vstack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]])
-        err = np.where(np.isfinite(err), err, 0)
-        axes[0].errorbar(g["global_batch"], g["mean"], yerr=err, marker="o", capsize=3, label=label, color=color,
-                         linestyle="-" if size == table["size"].iloc[0] else "--")
-        axes[1].plot(g["global_batch"], 100 * g["retained"], marker="o", label=label, color=color,
-                     linestyle="-" if size == table["size"].iloc[0] else "--")
+        color, ls = COLORS.get(method), styles.get(size, "-")
+        marker = "s" if drop else "o"
+        axes[0].plot(g["global_batch"], g["mean"], marker=marker, label=label, color=color, linestyle=ls)
+        axes[0].fill_between(g["global_batch"], g["ci_low"].clip(lower=0), g["ci_high"].clip(upper=100),
+                             color=color, alpha=0.08)
+        axes[1].plot(g["global_batch"], 100 * g["retained"], marker=marker, label=label, color=color, linestyle=ls)
+        if runs is not None and metric:
+            seeds = runs.loc[(runs["method"] == method) & (runs["size"] == size) & (runs["drop_rate"] == drop)]
+            axes[0].scatter(seeds["global_batch"], seeds[metric], color=color, s=10, alpha=0.5)
+    axes[0].set_ylim(0, 100)
     for ax, ylabel in zip(axes, (metric_label, f"% of the largest batch's {metric_label}")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("global batch (log2)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].set_title("metric vs batch (95% CI over seeds)")
+    axes[0].set_title("metric vs batch (mean, 95% CI over seeds, seeds as dots)")
     axes[1].set_title("retained relative to the largest batch")
     axes[0].legend(fontsize=8)
     return _save(fig, out, "batch_sensitivity")

@@ -88,7 +88,7 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
                                                "fairness": fairness}, indent=2, default=str))
     figures = []
     if not sens.empty:
-        figures.append(("Batch sensitivity", plots.batch_sensitivity_plot(sens, label, out)[0]))
+        figures.append(("Batch sensitivity", plots.batch_sensitivity_plot(sens, label, out, df, metric)[0]))
     if not points.empty:
         figures.append(("Model scaling", plots.model_scaling_plot(points, fits, out)[0]))
     if not drop.empty:

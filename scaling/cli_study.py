@@ -219,8 +219,11 @@ def _demo_summary(out: Path) -> None:
         elif name.endswith(":params"):
             print(f"scaling exponent {name.split(':')[0]}: not fitted ({fit.get('skipped', 'no fit')})")
     drop = pd.read_csv(out / "droptoken.csv") if (out / "droptoken.csv").stat().st_size > 1 else pd.DataFrame()
-    if not drop.empty:
-        base = drop.loc[drop["drop_rate"] == 0].iloc[0]
-        for _, r in drop.loc[drop["drop_rate"] > 0].iterrows():
-            print(f"DropToken {r['drop_rate']:g} ({r['size']}): {r['total_flops'] / base['total_flops']:.2f}x the "
-                  f"training FLOPs of no drop, k-NN {r['metric']:.1f} vs {base['metric']:.1f}")
+    for _, r in drop.loc[drop["drop_rate"] > 0].iterrows() if not drop.empty else []:
+        same = drop.loc[(drop["drop_rate"] == 0) & (drop["size"] == r["size"]) & (drop["global_batch"] == r["global_batch"])]
+        if same.empty:
+            continue
+        base = same.iloc[0]
+        print(f"DropToken {r['drop_rate']:g} ({r['size']}, batch {r['global_batch']}): "
+              f"{r['total_flops'] / base['total_flops']:.2f}x the training FLOPs of no drop, "
+              f"k-NN {r['metric']:.1f} vs {base['metric']:.1f} (seeds: {r['seeds']} vs {base['seeds']})")

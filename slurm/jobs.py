@@ -41,6 +41,7 @@ class TrainJob:
     run_dir: str
     guard_s: int = 0          # SLURM: save and requeue this long before the time limit, should USR2 not come
     max_requeues: int = 0     # ... at most this many times (the profile's max_timeout_requeues)
+    threads: int = 0          # CPU threads per rank (0: torch's default); ranks sharing a node must not oversubscribe it
 
     def __call__(self) -> dict[str, Any]:
         import submitit
@@ -49,6 +50,10 @@ class TrainJob:
             env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             print(f"rank {env.rank} of world size {env.world_size} (local rank {env.local_rank}) on "
                   f"{socket.gethostname()}; master {env.master_addr}:{env.master_port}", flush=True)
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         cfg = RunConfig.load(Path(self.run_dir) / rd.CONFIG)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world != cfg.world_size:
@@ -215,6 +220,10 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
         job = make_job(str(run_dir))
         if launcher == "slurm":
             job.guard_s, job.max_requeues = profile.signal_delay_s, profile.max_timeout_requeues
+            job.threads = res.cpus_per_task
+        elif launcher == "local":  # every task of every job running at once shares this machine's cores
+            at_once = res.tasks_per_node * min(parallelism or len(runs), len(runs))
+            job.threads = max(1, (os.cpu_count() or 1) // at_once)
         return job
 
     if len(runs) == 1 or launcher == "debug":

@@ -197,7 +197,9 @@ def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float 
         current = next((r for r in rows if r["state"] == "RUNNING" and r["step"]), None)
         remaining = max(0, spec.trials - done)
         eta = (time.time() - start) / done * remaining if done else None
-        line = (f"trials: {done}/{spec.trials} done, {running} running, {c.get('FAIL', 0)} failed"
+        started = sum(1 for r in rows if r["state"] == "RUNNING" and r["step"])
+        line = (f"trials: {done}/{spec.trials} done, {started} running, {running - started} queued, "
+                f"{c.get('FAIL', 0)} failed"
                 + (f" | trial {current['number']} step {current['step']} loss {current['loss']:.4g}"
                    if current and isinstance(current.get("loss"), (int, float)) else "")
                 + (f" | ETA {eta / 60:.1f} min" if eta is not None and remaining else ""))

@@ -15,8 +15,8 @@ def test_the_demo_pipeline_runs_end_to_end_and_a_rerun_only_redoes_the_analysis(
         "launcher": {"type": "local", "parallelism": 2}}))
     out = run_cli("demo", "--spec", str(spec), "--launcher", "local", "--bootstrap", "10", timeout=900).stdout
     assert "on submitit's local executor" in out and "watch: tensorboard --logdir" in out
-    assert "trials: 6/6 done" in out
-    assert "| batch 4 | batch 8 |" in out and "scaling exponent vatt" in out and "DropToken 0.5 (nano)" in out
+    assert "trials: 6/6 done, 0 running, 0 queued, 0 failed" in out
+    assert "| batch 4 | batch 8 |" in out and "scaling exponent vatt" in out and "DropToken 0.5 (nano, batch 8)" in out
     report = tmp_path / "sweep" / "report" / "report.html"
     assert f"report: {report}" in out and report.is_file()
 
