@@ -16,7 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.fits import FitError, FitWarning, fit_power
-from analysis.load import LoadWarning, fittable
+from analysis.runs import LoadWarning, fittable
 
 GROUP = ["method", "size", "drop_rate"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import compare, plots
-from analysis.load import LoadWarning, load
+from analysis.runs import LoadWarning, load
 
 METRIC_LABEL = {"final_knn_top1": "k-NN top-1 (%)", "final_linear_top1": "linear top-1 (%)"}
 

@@ -21,6 +21,20 @@ from sweeps.storage import open_storage, storage_url, with_retries
 ACTIVE = ("RUNNING", "WAITING")
 
 
+def _grid_sampler(space: dict[str, list], seed: int):
+    import optuna
+
+    class EnqueuedGridSampler(optuna.samplers.GridSampler):
+        """Optuna's GridSampler over the sweep's axes, whose points are enqueued explicitly (under the
+        sweep's lock): it records the grid, and its end-of-grid bookkeeping skips enqueued trials."""
+
+        def after_trial(self, study, trial, state, values):
+            if "grid_id" in trial.system_attrs:
+                super().after_trial(study, trial, state, values)
+
+    return EnqueuedGridSampler(space, seed=seed)
+
+
 def make_sampler(spec: SweepSpec):
     import optuna
 
@@ -33,7 +47,7 @@ def make_sampler(spec: SweepSpec):
             space.setdefault(axis, [])
             if value not in space[axis]:
                 space[axis].append(value)
-    return optuna.samplers.GridSampler(space, seed=spec.seed)
+    return _grid_sampler(space, spec.seed)
 
 
 def make_pruner(pruner: dict[str, Any]):

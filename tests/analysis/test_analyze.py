@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from analysis.load import LoadWarning, load
+from analysis.runs import LoadWarning, load
 from clitools import run_cli
 from sweeptools import FIXED
 

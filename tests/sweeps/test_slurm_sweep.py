@@ -47,16 +47,20 @@ def test_plan_submit_status_on_a_12_trial_grid(cluster, tmp_path):
 
 
 def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(cluster, tmp_path):
-    path = write_spec(tmp_path, grid={"seed": [0, 1, 2, 3]},
-                      fixed={**FIXED, "steps": 30, "checkpoint_every": 5, "eval.linear_probe": False}, launcher=SLURM)
+    steps = 150
+    path = write_spec(tmp_path, grid={"seed": [0, 1, 2, 3]}, launcher=SLURM,
+                      fixed={**FIXED, "steps": steps, "checkpoint_every": 10, "eval.linear_probe": False})
     run_cli("sweep", "submit", path)
     spec = load_spec(path)
     first = {t["params"]["seed"]: t for t in sweep_status(path)["trials"]}
-    victims = [first[0], first[1]]  # the array's first two elements run first
-    for t in victims:
-        wait_for(lambda t=t: len(steps_logged(spec.dir / "trials" / t["run_dir"].split("/")[-1])) >= 12, 300,
-                 f"trial {t['number']} to pass a checkpoint")
-        subprocess.run(["scancel", t["job_id"]], check=True)
+    victims = [first[0], first[1]]  # the array's first two elements run first, side by side
+
+    def run_dir_of(t):
+        return spec.dir / "trials" / t["run_dir"].split("/")[-1]
+
+    wait_for(lambda: all(len(steps_logged(run_dir_of(t))) >= 12 for t in victims), 300,
+             "both victims to pass a checkpoint", poll=0.2)
+    subprocess.run(["scancel", *(t["job_id"] for t in victims)], check=True)
 
     def settled():
         s = sweep_status(path)
@@ -72,9 +76,36 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
     complete = [t for t in status["trials"] if t["state"] == "COMPLETE"]
     assert sorted(t["params"]["seed"] for t in complete) == [0, 1, 2, 3]      # exactly the grid
     for t in victims:
-        run_dir = spec.dir / "trials" / t["run_dir"].split("/")[-1]
+        run_dir = run_dir_of(t)
         record = json.loads((run_dir / "job.json").read_text())
         assert record["history"][0]["job_id"] == t["job_id"]                    # resubmitted
         assert "resumed from step" in open(record["stdout"]).read()           # from its checkpoint
-        assert steps_logged(run_dir) == list(range(1, 31))
+        assert steps_logged(run_dir) == list(range(1, steps + 1))
     assert "nothing to submit" in run_cli("sweep", "submit", path).stdout
+
+
+def test_cancel_stops_running_trials_and_the_next_submit_reruns_them(cluster, tmp_path):
+    from slurm.cluster import job_states
+
+    path = write_spec(tmp_path, grid={"seed": [0]}, launcher=SLURM,
+                      fixed={**FIXED, "steps": 150, "checkpoint_every": 10, "eval.linear_probe": False})
+    assert run_cli("sweep", "tensorboard", path).stdout.split() == ["tensorboard", "--logdir",
+                                                                     str(tmp_path / "sweep" / "trials")]
+    run_cli("sweep", "submit", path)
+    trial = sweep_status(path)["trials"][0]
+    run_dir = tmp_path / "sweep" / "trials" / trial["run_dir"].split("/")[-1]
+    wait_for(lambda: len(steps_logged(run_dir)) >= 12, 300, "a checkpoint")
+    out = run_cli("sweep", "cancel", path).stdout
+    assert f"trial {trial['number']}: cancelled job {trial['job_id']}" in out
+    wait_for(lambda: job_states([trial["job_id"]])[trial["job_id"]] == "CANCELLED", 120, "the job to be cancelled")
+    cancelled = sweep_status(path)["trials"][0]
+    assert cancelled["state"] == "FAIL" and cancelled["end_reason"] == "cancelled"
+
+    out = run_cli("sweep", "submit", path).stdout
+    assert len(re.findall(r"^trial \d+: job ", out, re.M)) == 1, out
+    status = wait_for(lambda: (lambda s: s if s["counts"].get("COMPLETE") else None)(sweep_status(path)), 600,
+                      "the rerun", poll=3)
+    assert status["counts"] == {"COMPLETE": 1, "FAIL": 1}
+    assert steps_logged(run_dir) == list(range(1, 151))
+    record = json.loads((run_dir / "job.json").read_text())
+    assert "resumed from step" in open(record["stdout"]).read()
