@@ -192,8 +192,9 @@ def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float 
         done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
         running = c.get("RUNNING", 0)
         if spec.is_search and running < spec.launcher.get("parallelism", 1) and done + running < spec.trials:
-            submit(spec, launcher, say=lambda _l: None)
-            continue
+            numbers, _ = submit(spec, launcher, say=lambda _l: None)
+            if numbers:  # a freed slot was filled: look again at once
+                continue
         current = next((r for r in rows if r["state"] == "RUNNING" and r["step"]), None)
         remaining = max(0, spec.trials - done)
         eta = (time.time() - start) / done * remaining if done else None
@@ -208,9 +209,8 @@ def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float 
             last = line
         if running == 0:
             owed, _ = _owed_now(spec)
-            if not owed:
+            if not owed or not submit(spec, launcher, say=say)[0]:  # retries of failed trials
                 return c
-            submit(spec, launcher, say=say)  # retries of failed trials
         time.sleep(poll_s)
 
 
