@@ -333,9 +333,5 @@ def _check_run_configs(spec: SweepSpec) -> None:
                 raise SpecError("base", str(err)) from None
 
 
-def grid_size(spec: SweepSpec) -> int:
-    return len(spec.grid)
-
-
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -112,10 +112,6 @@ def suggest(trial, spec: SweepSpec, axis: str) -> Any:
     return trial.suggest_float(axis, dist.low, dist.high, log=dist.log)
 
 
-def state_name(trial) -> str:
-    return trial.state.name
-
-
 def trial_value(trial) -> float | None:
     return trial.value if trial.state.name == "COMPLETE" else None
 
