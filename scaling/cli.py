@@ -21,15 +21,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="dotted overrides, e.g. size=tiny data.frames=8 dino.local_crops=4")
 
 
-def _human(n: float, unit: str = "") -> str:
-    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {suffix}{unit}"
-    return f"{n:.0f} {unit}".rstrip()
-
-
 def cmd_describe(args: argparse.Namespace) -> int:
-    from scaling.describe import describe
+    from scaling.describe import describe, human
 
     cfg = RunConfig.load(args.config, args.overrides)
     info = describe(cfg)
@@ -40,18 +33,18 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print("params:")
     for part, n in info["params"].items():
         print(f"  {part:<18} {n:>14,}")
-    print(f"flops/sample (fwd+bwd): {_human(info['flops_per_sample'], 'FLOP')}")
+    print(f"flops/sample (fwd+bwd): {human(info['flops_per_sample'], 'FLOP')}")
     for part, n in info["flops_per_sample_by_part"].items():
-        print(f"  {part:<18} {_human(n, 'FLOP')}")
-    print(f"total flops: {_human(info['total_flops'], 'FLOP')} over {info['samples']:,} samples ({info['steps']:,} steps)")
+        print(f"  {part:<18} {human(n, 'FLOP')}")
+    print(f"total flops: {human(info['total_flops'], 'FLOP')} over {info['samples']:,} samples ({info['steps']:,} steps)")
     print("tokens per sample: " + ", ".join(f"{k}={v}" for k, v in info["tokens"].items()))
     print(f"batch: {info['batch']['formula']} (micro x accumulation x world)"
           + (f", negatives/positive {info['batch']['negatives_per_positive']}" if "negatives_per_positive" in info["batch"] else ""))
     mem = info["memory_per_gpu"]
     states = mem["model_states_bytes"]
-    print(f"memory/GPU (ZeRO-{mem['zero_stage']}, {mem['precision']}): params {_human(states['params'], 'B')}, "
-          f"grads {_human(states['grads'], 'B')}, optimizer {_human(states['optimizer'], 'B')}, "
-          f"activations ~{_human(mem['activations_bytes'], 'B')}; total ~{_human(mem['total_bytes'], 'B')}")
+    print(f"memory/GPU (ZeRO-{mem['zero_stage']}, {mem['precision']}): params {human(states['params'], 'B')}, "
+          f"grads {human(states['grads'], 'B')}, optimizer {human(states['optimizer'], 'B')}, "
+          f"activations ~{human(mem['activations_bytes'], 'B')}; total ~{human(mem['total_bytes'], 'B')}")
     return 0
 
 

@@ -213,3 +213,12 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
     if "crops" in costs:
         out["crops"] = costs["crops"]
     return out
+
+
+def human(n: float, unit: str = "", digits: int = 2, sep: str = " ") -> str:
+    """1.6e12 -> '1.60 T' + unit: the SI prefix of a count, FLOPs or bytes, for tables."""
+    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}f}{sep}{suffix}{unit}"
+    return f"{n:.0f}{sep}{unit}".rstrip()
+

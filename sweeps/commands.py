@@ -9,17 +9,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from scaling.describe import human
 from sweeps.spec import SweepSpec, point_key
 from sweeps.study import (create_trial, finish, open_study, points_owed, reconcile, submit_lock, trial_rows,
                           with_retries)
 from sweeps.storage import storage_url
-
-
-def _human(n: float) -> str:
-    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f}{suffix}"
-    return f"{n:.0f}"
 
 
 # ----------------------------------------------------------------------------- plan
@@ -47,7 +41,7 @@ def print_plan(spec: SweepSpec, rows: list[dict[str, Any]], say: Callable[[str],
     say(f"{head} {'params':>9} {'FLOPs':>9} {'mem/GPU':>9} {'GPU-h':>9}" + ("  trials" if spec.is_search else ""))
     for r in rows:
         cells = "".join(f"{str(r['point'].get(a, '')):>13}" for a in axes)
-        say(f"{cells} {_human(r['params']):>9} {_human(r['flops']):>9} {_human(r['memory_per_gpu']) + 'B':>9} "
+        say(f"{cells} {human(r['params'], digits=1, sep=''):>9} {human(r['flops'], digits=1, sep=''):>9} {human(r['memory_per_gpu'], 'B', 1, ''):>9} "
             f"{r['gpu_hours']:>9.3g}" + (f"  {r['trials']:.3g}" if spec.is_search else ""))
     total = sum(r["gpu_hours"] for r in rows)
     say(f"total: {sum(r['flops'] * r['trials'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at "

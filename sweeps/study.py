@@ -63,15 +63,12 @@ def make_pruner(pruner: dict[str, Any]):
     return optuna.pruners.NopPruner()
 
 
-def open_study(spec: SweepSpec, *, create: bool = True):
-    """The sweep's study (created on first use); KeyError when it does not exist and create=False."""
+def open_study(spec: SweepSpec):
+    """The sweep's study, created on first use."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url(spec))
-    if not create:
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec),
-                                 pruner=make_pruner(spec.pruner))
     return with_retries(lambda: optuna.create_study(
         study_name=spec.name, storage=storage, load_if_exists=True, direction=spec.direction,
         sampler=make_sampler(spec), pruner=make_pruner(spec.pruner)))
