@@ -195,13 +195,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.time()
     print(f"demo sweep {spec.name}: {spec.trials} runs in {spec.dir}, on {why}")
     print(f"watch: {' '.join(commands.tensorboard_command(spec))}")
-    commands.submit(spec, launcher, say=lambda line: print(f"  {line}"))
-    counts = commands.wait(spec, launcher, poll_s=3.0, say=lambda line: print(f"  {line}", flush=True))
+    try:
+        commands.submit(spec, launcher, say=lambda line: print(f"  {line}"))
+        counts = commands.wait(spec, launcher, poll_s=3.0, say=lambda line: print(f"  {line}", flush=True))
+    except KeyboardInterrupt:
+        return _demo_interrupted(spec)
     out = Path(args.out) if args.out else Path(spec.dir) / "report"
     written = analyze([spec.dir], out, bootstrap=args.bootstrap)
     _demo_summary(out)
     print(f"\nreport: {written['report']}  ({time.time() - start:.0f} s; runs {counts})")
-    return 0 if not counts.get("FAIL") else 1
+    return 0 if not counts.get("FAIL") or _all_points_done(spec) else 1
+
+
+def _demo_interrupted(spec) -> int:
+    """Ctrl-C: stop the demo's running jobs (their trials are marked cancelled, which is not a
+    failure, so the next `scaling demo` submits them again and they resume from their checkpoints)."""
+    import signal
+
+    from sweeps import commands
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+    print("\ninterrupted: stopping the demo's running jobs", flush=True)
+    commands.cancel(spec, say=lambda line: print(f"  {line}"))
+    print(f"the finished runs are kept in {spec.dir}; run the same command again to continue "
+          "(unfinished runs resume from their last checkpoint)")
+    return 130
 
 
 def _demo_summary(out: Path) -> None:

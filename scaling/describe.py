@@ -144,11 +144,14 @@ def model_state_bytes(trainable: int, frozen: int, stage: int, world: int, preci
     """Per-rank bytes of parameters, gradients and optimizer state (ZeRO paper, Rajbhandari et al.).
 
     Mixed precision (bf16/fp16): 2 bytes of params and grads, K = 12 bytes of fp32 master copy,
-    Adam momentum and variance. fp32: 4 + 4 bytes and K = 8 (no master copy).
+    Adam momentum and variance. fp32: 4 + 4 bytes and K = 8 (Adam m, v) at stage 0, where torch's
+    optimizer updates the fp32 params in place; K = 12 at stages >= 1, because DeepSpeed's ZeRO
+    optimizers keep an fp32 master partition of their own even of fp32 params (measured by
+    `scaling bench zero_memory`).
     Stage 1 partitions the optimizer state, stage 2 also the gradients, stage 3 also the params.
     """
     half = precision in ("bf16", "fp16")
-    p_bytes, g_bytes, k_bytes = (2, 2, 12) if half else (4, 4, 8)
+    p_bytes, g_bytes, k_bytes = (2, 2, 12) if half else (4, 4, 8 if stage == 0 else 12)
     n = max(world, 1)
     params = (trainable + frozen) * p_bytes / (n if stage >= 3 else 1)
     grads = trainable * g_bytes / (n if stage >= 2 else 1)

@@ -76,8 +76,20 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in fp32 whatever the engine's precision (a bf16 engine casts the weights, and
+        # a bf16 variance of a whole batch loses most of its digits); the output in the input's dtype.
+        dtype, x = x.dtype, x.float()
+        for name in ("running_mean", "running_var"):
+            buf = getattr(self, name)
+            if buf is not None and buf.dtype != torch.float32:
+                setattr(self, name, buf.float())
+        weight, bias = (self.weight.float(), self.bias.float()) if self.affine else (None, None)
         if not (self.training and is_distributed()):
-            return super().forward(x)
+            if self.training and self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, weight, bias,
+                                            self.training or self.running_mean is None, self.momentum,
+                                            self.eps).to(dtype)
         stats = torch.cat([x.sum(0), (x * x).sum(0), x.new_full((1,), x.shape[0])])
         stats = all_reduce_sum(stats)
         c = x.shape[1]
@@ -91,5 +103,5 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
             self.num_batches_tracked.add_(1)
         out = (x - mean) / torch.sqrt(var + self.eps)
         if self.affine:
-            out = out * self.weight + self.bias
-        return out
+            out = out * weight + bias
+        return out.to(dtype)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from scaling.data.loader import build_dataset, collate_batch
 from scaling.eval.knn import knn_accuracy
 from scaling.eval.linear import linear_probe_accuracy
-from scaling.objectives import eval_input, unwrap
+from scaling.objectives import eval_input, param_dtype, unwrap
 
 EVAL_BATCH = 128
 
@@ -41,7 +41,7 @@ def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     try:
         for batch in loader:
-            x = eval_input(cfg, batch, device)
+            x = eval_input(cfg, batch, device).to(param_dtype(module))  # a bf16 engine's module is bf16
             out = {"feats": objective.encode(engine, x).float().cpu(), "labels": batch["label"].cpu(),
                    "index": torch.as_tensor(batch["index"]).cpu()}
             if cfg.method == "vatt":

@@ -21,6 +21,12 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def param_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the engine keeps the module's weights in (bf16/fp16 engines cast the module): inputs
+    are cast to it, and outputs back to fp32 before any loss."""
+    return next(unwrap(model).parameters()).dtype
+
+
 def eval_input(cfg, batch: dict[str, torch.Tensor], device: torch.device | str) -> torch.Tensor:
     """What evaluation feeds the backbone: every token of the whole clip (or image), normalised."""
     if "image" in batch:
@@ -47,9 +53,10 @@ class VATTObjective:
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        device = next(unwrap(model).parameters()).device
-        video = self.augment(batch["video"].to(device), generator)[0]
-        out = model(video, batch["audio"].to(device), batch["text"].to(device))
+        device, dtype = next(unwrap(model).parameters()).device, param_dtype(model)
+        video = self.augment(batch["video"].to(device), generator)[0].to(dtype)
+        out = model(video, batch["audio"].to(device, dtype), batch["text"].to(device))
+        out = {k: v.float() for k, v in out.items()}
         t = self.cfg.vatt.temperature
         nce = nce_loss(out["video_va"], out["audio_va"], t)
         mil = mil_nce_loss(out["video_vt"], out["text_vt"], t)
@@ -65,7 +72,7 @@ class VATTObjective:
         return {}
 
     def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return unwrap(model).encode_video(x)
+        return unwrap(model).encode_video(x.to(param_dtype(model)))
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -114,8 +121,9 @@ class DINOObjective:
         module = unwrap(model)
         device = next(module.parameters()).device
         self.loss_fn.to(device)
-        crops = self.multicrop(self._views(batch, device, generator), generator)
-        student_out, teacher_out = model(crops)
+        dtype = param_dtype(model)
+        crops = [c.to(dtype) for c in self.multicrop(self._views(batch, device, generator), generator)]
+        student_out, teacher_out = (out.float() for out in model(crops))
         epoch = self.epoch_at(step)
         loss = self.loss_fn(student_out, teacher_out, epoch)
         return loss, {"loss": loss.item(), **self.collapse_signals(student_out, teacher_out, epoch)}
@@ -146,7 +154,7 @@ class DINOObjective:
         return {"teacher_momentum": m}
 
     def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return unwrap(model).encode(x)
+        return unwrap(model).encode(x.to(param_dtype(model)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"center": self.loss_fn.center.detach().cpu()}

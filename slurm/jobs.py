@@ -159,9 +159,9 @@ def make_executor(launcher: str, folder: Path, *, profile: Profile | None = None
 
 def prepare(cfg: RunConfig, run_dir: Path) -> None:
     """Write the run's config.yaml (and environment) so the job finds it; an existing run is kept."""
-    from scaling.train.loop import prepare_run_dir
+    from scaling.train.rundir import prepare as prepare_run_dir  # light: no torch, no DeepSpeed
 
-    prepare_run_dir(cfg, run_dir)
+    prepare_run_dir(cfg, run_dir, with_environment=False)
 
 
 def _record(run_dir: Path, job, launcher: str, profile: Profile | None, res: Resources | None) -> dict[str, Any]:
@@ -222,7 +222,8 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
             job.guard_s, job.max_requeues = profile.signal_delay_s, profile.max_timeout_requeues
             job.threads = res.cpus_per_task
         elif launcher == "local":  # every task of every job running at once shares this machine's cores
-            at_once = res.tasks_per_node * min(parallelism or len(runs), len(runs))
+            # (a sweep tops up one trial at a time while others still run: `parallelism` is what runs at once)
+            at_once = res.tasks_per_node * (parallelism or len(runs))
             job.threads = max(1, (os.cpu_count() or 1) // at_once)
         return job
 

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from scaling.describe import human
 from sweeps.spec import SweepSpec, point_key
-from sweeps.study import (create_trial, finish, open_study, points_owed, reconcile, submit_lock, trial_rows,
-                          with_retries)
+from sweeps.study import (create_trial, finish, not_its_fault, open_study, points_owed, reconcile, submit_lock,
+                          trial_rows, with_retries)
 from sweeps.storage import storage_url
 
 
@@ -34,6 +33,8 @@ def plan(spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def print_plan(spec: SweepSpec, rows: list[dict[str, Any]], say: Callable[[str], None] = print) -> None:
+    from scaling.describe import human
+
     axes = list(dict.fromkeys(k for r in rows for k in r["point"]))
     say(f"sweep {spec.name}: {spec.trials} trial(s), {'TPE over ' + ', '.join(spec.search) if spec.is_search else 'grid'}"
         f"; objective {spec.direction} {spec.metric}; storage {storage_url(spec)}")
@@ -85,6 +86,9 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
         if not owed:
             say("nothing to submit: every trial is complete, running or out of retries")
             return [], []
+        owed = _local_slots(spec, study, launcher, owed, say)
+        if not owed:
+            return [], []
         created = [create_trial(spec, study, dict(point)) for point in owed]
         runs = [(spec.run_config(params), spec.run_dir(params)) for _, params in created]
         by_dir = {str(Path(d).resolve()): t for (t, _), (_, d) in zip(created, runs)}
@@ -97,7 +101,9 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
                                                            pruner=dict(spec.pruner)))
         except BaseException as err:
             for trial, _ in created:
-                finish(study, trial, "FAIL", reason=f"submission failed: {err}")
+                if isinstance(err, KeyboardInterrupt):  # the user stopped it: not the trial's failure
+                    not_its_fault(study, trial)
+                finish(study, trial, "FAIL", reason=f"submission failed: {err!r}")
             raise
         for (trial, params), job in zip(created, jobs):
             for name, value in (("job_id", str(job.job_id)), ("launcher", launcher["type"])):
@@ -110,6 +116,19 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
             except Exception as err:
                 say(f"trial {trial.number} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
     return [trial.number for trial, _ in created], jobs
+
+
+def _local_slots(spec: SweepSpec, study, launcher: dict[str, Any], owed: list, say) -> list:
+    """The local executor has no queue: it starts every job it is given at once. So at most
+    `parallelism` trials run at a time, and the rest are submitted as those finish (by `wait`)."""
+    if launcher["type"] != "local" or spec.is_search:  # search sweeps are already sized to the free slots
+        return owed
+    active = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING")
+    slots = max(0, launcher.get("parallelism", 1) - active)
+    if len(owed) > slots:
+        say(f"local executor: {slots} of the {len(owed)} trials owed start now (parallelism "
+            f"{launcher.get('parallelism', 1)}); the rest start as they finish (sweep submit --wait)")
+    return owed[:slots]
 
 
 # ----------------------------------------------------------------------------- status, cancel
@@ -163,7 +182,7 @@ def cancel(spec: SweepSpec, say: Callable[[str], None] = print) -> int:
                     os.kill(int(job), signal.SIGTERM)
                 except (ValueError, ProcessLookupError):
                     pass
-            with_retries(lambda: study._storage.set_trial_user_attr(t._trial_id, "cancelled", True))
+            not_its_fault(study, t)
             finish(study, t, "FAIL", reason="cancelled")
             say(f"trial {t.number}: cancelled job {job}")
             n += 1
@@ -178,14 +197,17 @@ def tensorboard_command(spec: SweepSpec) -> list[str]:
 # ----------------------------------------------------------------------------- waiting
 def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float = 5.0,
          say: Callable[[str], None] = print) -> dict[str, int]:
-    """Follow the sweep until no trial is running or owed; search sweeps are topped up as slots free."""
+    """Follow the sweep until no trial is running or owed; search sweeps, and any sweep on the local
+    executor, are topped up as slots free."""
     start, last = time.time(), None
     while True:
         rows = status(spec)
         c = counts(rows)
         done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
         running = c.get("RUNNING", 0)
-        if spec.is_search and running < spec.launcher.get("parallelism", 1) and done + running < spec.trials:
+        kind = {**spec.launcher, **(launcher or {})}
+        topped_up = spec.is_search or kind["type"] == "local"  # no queue: trials start as slots free
+        if topped_up and running < kind.get("parallelism", 1) and done + running < spec.trials:
             numbers, _ = submit(spec, launcher, say=lambda _l: None)
             if numbers:  # a freed slot was filled: look again at once
                 continue
@@ -194,7 +216,7 @@ def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float 
         eta = (time.time() - start) / done * remaining if done else None
         started = sum(1 for r in rows if r["state"] == "RUNNING" and r["step"])
         line = (f"trials: {done}/{spec.trials} done, {started} running, {running - started} queued, "
-                f"{c.get('FAIL', 0)} failed"
+                f"{c.get('FAIL', 0)} failed" + (f", {c['CANCELLED']} cancelled" if c.get("CANCELLED") else "")
                 + (f" | trial {current['number']} step {current['step']} loss {current['loss']:.4g}"
                    if current and isinstance(current.get("loss"), (int, float)) else "")
                 + (f" | ETA {eta / 60:.1f} min" if eta is not None and remaining else ""))

@@ -153,6 +153,12 @@ def finish(study, trial, state: str, value: float | None = None, reason: str = "
             raise
 
 
+def not_its_fault(study, trial) -> None:
+    """Mark a trial that ends FAIL through no fault of its run (cancelled, or its submission was
+    interrupted): it does not count against the point's retries."""
+    with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, "cancelled", True))
+
+
 def reconcile(spec: SweepSpec, study) -> list[str]:
     """Settle RUNNING trials whose job has ended, and drop WAITING trials left by a crashed submit.
 
@@ -165,6 +171,7 @@ def reconcile(spec: SweepSpec, study) -> list[str]:
     trials = study.get_trials(deepcopy=False)
     for _ in range(sum(1 for t in trials if t.state.name == "WAITING")):
         orphan = with_retries(study.ask)  # enqueued by a submit that died before asking for it
+        not_its_fault(study, orphan)
         finish(study, orphan, "FAIL", reason="left waiting by an interrupted submit")
         changed.append(f"trial {orphan.number}: left waiting -> FAIL")
     running = [t for t in trials if t.state.name == "RUNNING"]
@@ -176,6 +183,7 @@ def reconcile(spec: SweepSpec, study) -> list[str]:
         run_dir = dirs[trial.number]
         job = trial.user_attrs.get("job_id")
         if job is None:  # created but never submitted (the submit was interrupted)
+            not_its_fault(study, trial)
             finish(study, trial, "FAIL", reason="never submitted")
             changed.append(f"trial {trial.number}: never submitted -> FAIL")
             continue
@@ -266,15 +274,20 @@ def create_trial(spec: SweepSpec, study, point: dict[str, Any]):
 
 
 def trial_rows(spec: SweepSpec, study) -> list[dict[str, Any]]:
-    """One row per trial: number, params, state, job, step, objective, run directory."""
+    """One row per trial: number, params, state, job, step, objective, run directory, and when it
+    was submitted (started) and settled (finished)."""
     from slurm.jobs import progress
 
     rows = []
     for t in study.get_trials(deepcopy=False):
         run_dir = Path(t.user_attrs.get("run_dir", ""))
         last = progress(run_dir) if run_dir.is_dir() else {}
-        rows.append({"number": t.number, "params": dict(t.params), "state": t.state.name,
+        # A trial stopped through no fault of its own (cancel, Ctrl-C) is shown as such, not as failed.
+        state = "CANCELLED" if t.state.name == "FAIL" and t.user_attrs.get("cancelled") else t.state.name
+        rows.append({"number": t.number, "params": dict(t.params), "state": state,
                      "job_id": t.user_attrs.get("job_id"), "step": last.get("step"),
                      "loss": last.get("train/loss"), "value": trial_value(t),
-                     "end_reason": t.user_attrs.get("end_reason"), "run_dir": str(run_dir) if t.user_attrs.get("run_dir") else None})
+                     "end_reason": t.user_attrs.get("end_reason"), "run_dir": str(run_dir) if t.user_attrs.get("run_dir") else None,
+                     "started": t.datetime_start.isoformat() if t.datetime_start else None,
+                     "finished": t.datetime_complete.isoformat() if t.datetime_complete else None})
     return rows

@@ -4,15 +4,28 @@
 """
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING
 
-from scaling.models.dino import DINO, DINOHead, MultiCropWrapper
 from scaling.models.sizes import SIZES
-from scaling.models.vatt import VATT, video_encoder
-from scaling.models.vit import VisionTransformer, vit_base, vit_small, vit_tiny
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["DINO", "DINOHead", "MultiCropWrapper", "SIZES", "VATT", "VisionTransformer",
-           "build_model", "crop_geometry", "vit_base", "vit_small", "vit_tiny"]
+           "build_model", "crop_geometry", "video_encoder", "vit_base", "vit_small", "vit_tiny"]
+
+# The modules import torch; they load on first use, so `scaling.models.sizes` (which the config
+# imports) stays cheap for commands that never build a model (sweep plan/status, jobs, fit).
+_LAZY = {"DINO": "dino", "DINOHead": "dino", "MultiCropWrapper": "dino", "VATT": "vatt",
+         "video_encoder": "vatt", "VisionTransformer": "vit", "vit_base": "vit", "vit_small": "vit",
+         "vit_tiny": "vit"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"scaling.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'scaling.models' has no attribute {name!r}")
 
 
 def crop_geometry(cfg) -> dict[str, int]:
@@ -30,6 +43,10 @@ def crop_geometry(cfg) -> dict[str, int]:
 
 def build_model(cfg) -> nn.Module:
     """The VATT or DINO module a RunConfig describes (weights freshly initialised from torch's RNG)."""
+    from scaling.models.dino import DINO
+    from scaling.models.vatt import VATT, video_encoder
+    from scaling.models.vit import VisionTransformer
+
     s = SIZES[cfg.size]
     d = cfg.data
     if cfg.method == "vatt":

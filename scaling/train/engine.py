@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from scaling.describe import resolved_precision
-from scaling.optim import param_groups
+from scaling.optim import make_optimizer
 
 # DeepSpeed calls torch.distributed APIs that torch marks deprecated; that is not the user's concern.
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -89,8 +89,7 @@ def build_engine(cfg, model: torch.nn.Module, ds_config: dict[str, Any]):
     """deepspeed.initialize with AdamW over our parameter groups (no decay on norms and biases)."""
     import deepspeed
 
-    fused = device_kind() == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.peak_lr, betas=(0.9, 0.999), fused=fused or None)
+    optimizer = make_optimizer(cfg, model)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer
 

@@ -38,9 +38,9 @@ def run_worker(run_dir: Path) -> None:
 def launch_local(cfg: RunConfig, run_dir: Path, nproc: int) -> int:
     """Run `nproc` ranks as child processes of this one; returns the first non-zero exit code."""
     from scaling.train.engine import free_port
-    from scaling.train.loop import prepare_run_dir
+    from scaling.train.rundir import prepare
 
-    prepare_run_dir(cfg, run_dir)
+    prepare(cfg, run_dir, with_environment=False)
     port = str(free_port())
     procs = []
     for rank in range(nproc):

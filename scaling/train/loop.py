@@ -44,22 +44,6 @@ def _from_rank0(value: float | None) -> float | None:
     return None if math.isnan(float(t)) else float(t)
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Rank 0: create the layout; an existing run directory must hold the same config (resume)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
-    cfg_path = run_dir / rd.CONFIG
-    if cfg_path.exists():
-        existing = RunConfig.load(cfg_path)
-        if existing != cfg:
-            diff = {k: (v, cfg.to_dict()[k]) for k, v in existing.to_dict().items() if cfg.to_dict()[k] != v}
-            raise ConfigError("run_dir", f"{run_dir} holds a run with a different config {diff}; "
-                                         "pick a new --run-dir to start another run")
-    else:
-        rd.atomic_write(cfg_path, cfg.to_yaml())
-    rd.write_json(run_dir / rd.ENV, rd.environment())
-
-
 def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict], None] | None = None,
           deadline: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (resuming it if it holds checkpoints); returns the summary.
@@ -76,7 +60,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     deadline = _from_rank0(deadline)
     say = log if is_main else (lambda _msg: None)
     if is_main:
-        prepare_run_dir(cfg, run_dir)
+        rd.prepare(cfg, run_dir)
     dist.barrier()
     done = rd.read_summary(run_dir)
     if done.get("end_reason") == "completed" and done.get("steps", 0) >= cfg.total_steps:

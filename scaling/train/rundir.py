@@ -58,6 +58,27 @@ def git_commit() -> str | None:
         return None
 
 
+def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
+    """Create the layout and write config.yaml; an existing run directory must hold the same config
+    (it is resumed). env.json is written by the process that trains (a submitter skips it: it would
+    import torch and DeepSpeed only to describe the wrong machine)."""
+    from scaling.config import ConfigError, RunConfig
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
+    cfg_path = run_dir / CONFIG
+    if cfg_path.exists():
+        existing = RunConfig.load(cfg_path)
+        if existing != cfg:
+            diff = {k: (v, cfg.to_dict()[k]) for k, v in existing.to_dict().items() if cfg.to_dict()[k] != v}
+            raise ConfigError("run_dir", f"{run_dir} holds a run with a different config {diff}; "
+                                         "pick a new --run-dir to start another run")
+    else:
+        atomic_write(cfg_path, cfg.to_yaml())
+    if with_environment:
+        write_json(run_dir / ENV, environment())
+
+
 def environment() -> dict[str, Any]:
     import deepspeed
     import torch

@@ -99,13 +99,13 @@ def test_cancel_stops_running_trials_and_the_next_submit_reruns_them(cluster, tm
     assert f"trial {trial['number']}: cancelled job {trial['job_id']}" in out
     wait_for(lambda: job_states([trial["job_id"]])[trial["job_id"]] == "CANCELLED", 120, "the job to be cancelled")
     cancelled = sweep_status(path)["trials"][0]
-    assert cancelled["state"] == "FAIL" and cancelled["end_reason"] == "cancelled"
+    assert cancelled["state"] == "CANCELLED" and cancelled["end_reason"] == "cancelled"
 
     out = run_cli("sweep", "submit", path).stdout
     assert len(re.findall(r"^trial \d+: job ", out, re.M)) == 1, out
     status = wait_for(lambda: (lambda s: s if s["counts"].get("COMPLETE") else None)(sweep_status(path)), 600,
                       "the rerun", poll=3)
-    assert status["counts"] == {"COMPLETE": 1, "FAIL": 1}
+    assert status["counts"] == {"COMPLETE": 1, "CANCELLED": 1}
     assert steps_logged(run_dir) == list(range(1, 151))
     record = json.loads((run_dir / "job.json").read_text())
     assert "resumed from step" in open(record["stdout"]).read()

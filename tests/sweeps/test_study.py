@@ -59,6 +59,7 @@ def test_submit_twice_at_once_and_again_yields_exactly_the_grid(tmp_path, storag
     assert all(t["value"] is not None for t in status["trials"])
 
 
+@pytest.mark.parametrize("storage", ["postgresql"], indirect=True)  # the storage layer is covered above
 def test_a_tpe_sweep_with_median_pruning_prunes_a_trial(tmp_path, storage):
     # Trials alternate between 2-class and 48-class clips: the k-NN top-1 of a 48-class trial at its
     # first evaluation is far below the 2-class trial's, so the median pruner must stop it.

@@ -32,3 +32,18 @@ def test_train_runs_end_to_end_at_every_zero_stage(tmp_path, tiny, method, stage
     if method == "vatt":
         assert summary["negatives_per_positive"] == 4 * nproc - 1
         assert "v2t_r1" in summary["final"] and "t2v_median_rank" in summary["final"]
+
+
+@pytest.mark.parametrize("method,stage", [("vatt", 0), ("dino", 3)])
+def test_bf16_engines_train_and_evaluate(tmp_path, tiny, method, stage):
+    """bf16 (what `precision: auto` picks on a GPU) runs here too: DeepSpeed casts the module to
+    bf16, so the clips must be cast to it, and the losses computed in fp32."""
+    run_dir = tmp_path / "run"
+    run_cli("train", *tiny, f"method={method}", f"zero_stage={stage}", "precision=bf16", "steps=2",
+            "eval.linear_probe=false", "--run-dir", str(run_dir))
+    ds = json.loads((run_dir / "ds_config.json").read_text())
+    assert ds["bf16"]["enabled"] is True
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["end_reason"] == "completed" and summary["steps"] == 2, summary
+    losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
