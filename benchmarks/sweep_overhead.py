@@ -208,14 +208,14 @@ def _cancel(job_ids: list[str]) -> None:
 
 # The submission, in a fresh interpreter as `scaling sweep submit` runs it: the library path
 # (load_spec, then sweeps.commands.submit), timed at each stage. What submit imports lazily (Optuna,
-# submitit, and scaling.train.loop with torch, torchvision and DeepSpeed for the run directories) is
-# imported first, so that its cost is seen apart.
+# submitit) is imported first, so that its cost is seen apart; submitting imports neither torch nor
+# DeepSpeed (the run directories are written by scaling.train.rundir, which needs neither).
 SUBMIT = r"""
 import json, sys, time
 t = {"python_up": time.time()}
 from sweeps import commands
 from sweeps.spec import load_spec
-import optuna, submitit, deepspeed, scaling.train.loop
+import optuna, submitit
 t["imported"] = time.time()
 spec = load_spec(sys.argv[1])
 t["loaded"] = time.time()
@@ -402,8 +402,7 @@ def _notes(scale: str, timed: list[tuple[str, dict[str, Any]]], reference: list[
     sbatch = _median([t["slurm_submit"] - t["t0"] for t in trials if t.get("slurm_submit")])
     if all(v is not None for v in sub.values()):
         notes.append(f"submit cmd, median: interpreter {sub['interpreter']:.2f} s, imports {sub['imports']:.2f} s "
-                     f"(sweeps, Optuna, submitit, and scaling.train.loop with torch, torchvision and DeepSpeed, "
-                     f"which submit needs to write the run directories), load_spec {sub['load_spec']:.2f} s, "
+                     f"(sweeps, Optuna, submitit; not torch), load_spec {sub['load_spec']:.2f} s, "
                      f"trials + run directories + sbatch {sub['submit']:.2f} s"
                      + (f"; SLURM's SubmitTime {sbatch:.0f} s after the start (whole seconds)" if sbatch is not None else ""))
     eval0 = _median([t["eval0_logged"] - t["engine_built"] for t in trials if t.get("eval0_logged") and t.get("engine_built")])

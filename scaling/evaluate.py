@@ -76,7 +76,16 @@ def retrieval_metrics(video: torch.Tensor, text: torch.Tensor) -> dict[str, floa
 
 
 def evaluate(cfg, engine, objective) -> dict[str, float]:
-    """k-NN (k=20, T=0.07, cosine), linear probe and, for VATT, retrieval: train split -> eval split."""
+    """k-NN (k=20, T=0.07, cosine), linear probe and, for VATT, retrieval: train split -> eval split.
+
+    It leaves torch's RNG streams as it found them (a DataLoader draws its base seed from them), so
+    a run trains the same with or without its random-init and intermediate evaluations."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _evaluate(cfg, engine, objective)
+
+
+def _evaluate(cfg, engine, objective) -> dict[str, float]:
     bank = embed(cfg, engine, objective, build_dataset(cfg.data, "train"))
     test = embed(cfg, engine, objective, build_dataset(cfg.data, "eval"))
     out: dict[str, float] = {}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (run on a lent H100/H200, e.g. through the device tool with `.whl` carried):
-# VATT and DINO at size=base in bf16 for 50 steps on one GPU; prints samples/s, TFLOP/s and MFU.
+# VATT and DINO at size=base in bf16 for 50 steps on one GPU; prints samples/s, TFLOP/s and MFU;
+# then `scaling bench backbone droptoken` on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -27,3 +28,9 @@ for name in ("vatt", "dino"):
     med = lambda k: statistics.median(r[k] for r in rows)
     print(f"{name:<6} {med('train/samples_per_s'):>10.1f} {med('train/tflops_per_device'):>9.1f} {med('train/mfu'):>6.1%}")
 PY
+# Benchmarks 1 and 2 on the GPU (bf16 autocast; goal ours/timm <= 0.9): side by side, medians.
+if python3 -c "import timm" 2>/dev/null; then
+  python3 -m scaling.cli bench backbone droptoken --out "$out/bench"
+else
+  echo "timm is not installed: benchmark 1 skipped (scripts/gpu_wheels.sh carries it)"
+fi
