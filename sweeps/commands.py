@@ -98,7 +98,8 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
                                parallelism=launcher.get("parallelism"), job_name=spec.name,
                                make_job=lambda d: TrialJob(d, storage=url, study_name=spec.name,
                                                            trial_id=by_dir[d]._trial_id, metric=spec.metric,
-                                                           pruner=dict(spec.pruner)))
+                                                           pruner=dict(spec.pruner),
+                                                           baseline_cache=str(Path(spec.dir).resolve() / "random_init")))
         except BaseException as err:
             for trial, _ in created:
                 if isinstance(err, KeyboardInterrupt):  # the user stopped it: not the trial's failure

@@ -22,6 +22,7 @@ class TrialJob(TrainJob):
     trial_id: int = -1
     metric: str = "knn_top1"
     pruner: dict = field(default_factory=dict)
+    baseline_cache: str = ""  # the sweep's folder of random-init evaluations, shared by its trials
 
     def run(self, cfg: RunConfig) -> dict[str, Any]:
         from scaling.train.loop import StopRun, train
@@ -40,7 +41,8 @@ class TrialJob(TrainJob):
                 pruned.append(step)
                 raise StopRun(f"pruned at step {step}")
 
-        summary = train(cfg, self.run_dir, on_eval=on_eval, deadline=self.deadline())
+        summary = train(cfg, self.run_dir, on_eval=on_eval, deadline=self.deadline(),
+                        baseline_cache=Path(self.baseline_cache) if self.baseline_cache else None)
         if study is not None:
             self._tell(study, summary, pruned)
         return summary

@@ -5,6 +5,7 @@ backward), the engine step, what runs once per optimizer step, logging, checkpoi
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -45,7 +46,8 @@ def _from_rank0(value: float | None) -> float | None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict], None] | None = None,
-          deadline: float | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+          deadline: float | None = None, log: Callable[[str], None] = print,
+          baseline_cache: Path | None = None) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (resuming it if it holds checkpoints); returns the summary.
 
     `deadline` (a time.time() value, known to rank 0) ends the run early with end_reason
@@ -118,15 +120,22 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                                              "eval": eval_metrics, "random_init": baseline}, generator)
 
     baseline = dict(client.get("random_init", {}))
-    if cfg.eval.random_init and resumed is None:
-        baseline = evaluate(cfg, engine, objective)
-        if is_main:
-            logger.log(0, baseline, prefix="eval")
-
     step = start_step
-    if "rng" in client:
-        set_rng_state(client["rng"], generator)  # last thing before the first step: exact resume
-    try:
+    try:  # from here on, whatever happens ends in summary.json and a closed logger
+        if cfg.eval.random_init and resumed is None:
+            cached = rd.random_init_cache(cfg, baseline_cache) if baseline_cache else None
+            if _all_true(cached is not None and cached.is_file()):  # every rank sees it, or all evaluate
+                baseline = json.loads(cached.read_text())
+                say(f"random-init evaluation from {cached}")
+            else:
+                baseline = evaluate(cfg, engine, objective)
+                if is_main and cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    rd.write_json(cached, baseline)
+            if is_main:
+                logger.log(0, baseline, prefix="eval")
+        if "rng" in client:
+            set_rng_state(client["rng"], generator)  # last thing before the first step: exact resume
         while step < cfg.total_steps:
             meter.start()
             scalars = schedules.apply(engine.optimizer, step)

@@ -79,6 +79,25 @@ def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
         write_json(run_dir / ENV, environment())
 
 
+# What a run's random-init evaluation does not depend on: how it is trained, not what is built and
+# evaluated (weights come from `seed`, the architecture, and the data geometry).
+TRAINING_ONLY = ("global_batch", "micro_batch", "steps", "samples", "lr", "lr_scaling", "lr_ref_batch",
+                 "weight_decay", "weight_decay_end", "clip_grad", "warmup_fraction", "min_lr", "drop_rate",
+                 "drop_path", "zero_stage", "offload", "world_size", "checkpoint_every", "log_every")
+
+
+def random_init_cache(cfg, folder: Path) -> Path:
+    """Where the random-init evaluation of `cfg` is kept in a shared cache folder (a sweep's): one
+    file per distinct (method, architecture, seed, data, evaluation, precision), so trials that differ
+    only in how they train share it."""
+    import hashlib
+
+    d = {k: v for k, v in cfg.to_dict().items() if k not in TRAINING_ONLY}
+    d["eval"] = {k: v for k, v in d.get("eval", {}).items() if k != "every_steps"}
+    key = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(folder) / f"{cfg.method}-{cfg.size}-s{cfg.seed}-{key}.json"
+
+
 def environment() -> dict[str, Any]:
     import deepspeed
     import torch
