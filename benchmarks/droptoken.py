@@ -59,7 +59,7 @@ def make_config(size: str, batch: int, geometry: dict[str, int], drop_rate: floa
 def make_step(cfg, device: str) -> tuple[Callable[[float], Callable[[], None]], list[float], torch.nn.Module]:
     """(case(rate) -> a closure running one step at that drop rate, the seconds of each step spent in
     AdamW and the video augmentation, model)."""
-    from scaling.data.synthetic import SyntheticClips
+    from benchmarks.steps import sample_batch
     from scaling.models import build_model
     from scaling.objectives import build_objective
     from scaling.optim import make_optimizer
@@ -70,11 +70,7 @@ def make_step(cfg, device: str) -> tuple[Callable[[float], Callable[[], None]], 
     optimizer = make_optimizer(cfg, model)
     for group in optimizer.param_groups:
         group["weight_decay"] = cfg.weight_decay if group["apply_decay"] else 0.0
-    d = cfg.data
-    clips = SyntheticClips("train", cfg.micro_batch, num_classes=d.num_classes, frames=d.frames,
-                           resolution=d.resolution, audio_samples=d.audio_samples, captions=d.captions,
-                           max_words=d.max_words, vocab_size=d.vocab_size, difficulty=d.difficulty, seed=d.seed)
-    raw = clips.__getitems__(list(range(cfg.micro_batch)))
+    raw = sample_batch(cfg, cfg.micro_batch)  # the run's own data set, as the loader collates it
     batch = {k: raw[k].to(device) for k in ("video", "audio", "text")}
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
