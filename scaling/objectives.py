@@ -80,6 +80,12 @@ class VATTObjective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        pass
+
 
 class DINOObjective:
     """Multi-crop self-distillation; teacher EMA and centre once per optimizer step."""
@@ -161,6 +167,15 @@ class DINOObjective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_fn.center.copy_(state["center"])
+
+    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """What differs per rank: the fp32 shadow of a 16-bit teacher (its ZeRO partition)."""
+        shadow = unwrap(model).teacher_shadow_state()
+        return {"teacher_fp32": shadow} if shadow else {}
+
+    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        if "teacher_fp32" in state:
+            unwrap(model).load_teacher_shadow(state["teacher_fp32"])
 
 
 def build_objective(cfg, world_size: int = 1):

@@ -130,6 +130,27 @@ class DINO(nn.Module):
             shadow.mul_(momentum).add_(src.float(), alpha=1.0 - momentum)
             dst.copy_(shadow)
 
+    def teacher_shadow_state(self) -> dict[int, torch.Tensor]:
+        """This rank's fp32 shadow of a 16-bit teacher (empty in fp32): per-rank checkpoint state.
+
+        Under ZeRO-3 each entry is this rank's partition, so every rank saves and loads its own.
+        """
+        return {i: t.detach().cpu().clone() for i, t in self._teacher_fp32.items()}
+
+    def load_teacher_shadow(self, state: dict[int, torch.Tensor]) -> None:
+        """Restore `teacher_shadow_state()`; shapes must match this rank's teacher partitions."""
+        teacher = list(self.teacher.parameters())
+        shadow = {}
+        for i, t in state.items():
+            i = int(i)
+            dst = getattr(teacher[i], "ds_tensor", teacher[i].data) if 0 <= i < len(teacher) else None
+            if dst is None or tuple(dst.shape) != tuple(t.shape):
+                raise ValueError(f"teacher shadow entry {i} of shape {tuple(t.shape)} does not match this "
+                                 f"rank's teacher ({'no such parameter' if dst is None else tuple(dst.shape)}); "
+                                 "was the checkpoint written with another ZeRO stage or world size?")
+            shadow[i] = t.to(device=dst.device, dtype=torch.float32).clone()
+        self._teacher_fp32 = shadow
+
 
 def _set_drop_path(module: nn.Module, p: float) -> None:
     for m in module.modules():

@@ -61,12 +61,19 @@ class Checkpoints:
         self.keep = keep
         self.log = log
 
-    def save(self, engine, step: int, client_state: dict[str, Any], generator: torch.Generator) -> None:
-        """Collective: every rank calls it. Rank 0 writes the manifest after all ranks have written."""
+    def save(self, engine, step: int, client_state: dict[str, Any], generator: torch.Generator,
+             rank_state: dict[str, Any] | None = None) -> None:
+        """Collective: every rank calls it. Rank 0 writes the manifest after all ranks have written.
+
+        `client_state` is the same on every rank (rank 0's copy is kept); `rank_state` is this
+        rank's own (e.g. the partition of the DINO teacher's fp32 shadow) and is written per rank.
+        """
         rank = dist.get_rank()
         tag = _tag(step)
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
         torch.save(rng_state(generator), self.root / tag / f"rng_rank{rank}.pt")
+        if rank_state:
+            torch.save(rank_state, self.root / tag / f"state_rank{rank}.pt")
         dist.barrier()
         if rank == 0:
             files = {str(p.relative_to(self.root / tag)): {
@@ -110,7 +117,8 @@ class Checkpoints:
         """Restore the newest sound checkpoint on every rank; damaged ones are skipped with a message.
 
         The client state carries this rank's RNG states under "rng"; apply them with `set_rng_state`
-        right before the first step, so nothing in between can draw from them.
+        right before the first step, so nothing in between can draw from them. This rank's own
+        state (`save`'s rank_state), if any was saved, is under "rank".
         """
         for step in self.complete():
             reason = self.problem(step)
@@ -122,7 +130,9 @@ class Checkpoints:
                 continue
             _, client_state = engine.load_checkpoint(str(self.root), tag=_tag(step), load_optimizer_states=True,
                                                      load_lr_scheduler_states=False)
-            client_state["rng"] = torch.load(self.root / _tag(step) / f"rng_rank{dist.get_rank()}.pt",
-                                             weights_only=False)
+            folder = self.root / _tag(step)
+            client_state["rng"] = torch.load(folder / f"rng_rank{dist.get_rank()}.pt", weights_only=False)
+            own = folder / f"state_rank{dist.get_rank()}.pt"
+            client_state["rank"] = torch.load(own, weights_only=False) if own.is_file() else {}
             return step, client_state
         return None

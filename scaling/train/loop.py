@@ -87,6 +87,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     if resumed is not None:
         start_step, client = resumed
         objective.load_state_dict(client.get("objective", {}))
+        objective.load_rank_state_dict(engine, client.get("rank", {}))
         say(f"resumed from step {start_step} in {run_dir}")
     logger = rd.MetricsLog(run_dir, start_step if resumed else None) if is_main else None
 
@@ -117,7 +118,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     def save(step_done: int) -> None:
         saved.append(step_done)
         checkpoints.save(engine, step_done, {"objective": objective.state_dict(), "wall_s": time.time() - wall_start,
-                                             "eval": eval_metrics, "random_init": baseline}, generator)
+                                             "eval": eval_metrics, "random_init": baseline}, generator,
+                         rank_state=objective.rank_state_dict(engine))
 
     baseline = dict(client.get("random_init", {}))
     step = start_step
