@@ -114,7 +114,9 @@ def _train_flops(tokens: int, patch_dim: int, width: int, layers: int, mlp: int)
     from scaling.models.sizes import Size
 
     tok = linear_flops(tokens, patch_dim, width)
-    fwd = tok + transformer_flops(Size(layers=layers, width=width, heads=1, mlp=mlp), tokens)
+    # Full blocks on both sides, so the ratio isolates the tokenizer; skipping the last block's
+    # non-CLS rows (our backbones do, timm does not) is part of what the timing measures.
+    fwd = tok + transformer_flops(Size(layers=layers, width=width, heads=1, mlp=mlp), tokens, pooled=False)
     return 3 * fwd - tok
 
 

@@ -17,15 +17,20 @@ VOXEL_DIM = 3 * VOXEL[0] * VOXEL[1] * VOXEL[2]
 
 
 # ----------------------------------------------------------------------------- FLOPs
-def transformer_flops(size: Size, tokens: int) -> int:
+def transformer_flops(size: Size, tokens: int, pooled: bool = True) -> int:
     """Forward matmul FLOPs of one sequence of `tokens` (+1 CLS) through the blocks.
 
     Per layer: qkv 3d^2, projection d^2 and the two MLP maps 2dm, each 2 FLOPs per multiply-add
-    per token; attention scores and the weighted sum 2 x 2 n^2 d.
+    per token; attention scores and the weighted sum 2 x 2 n^2 d. pooled (what the backbones
+    compute, `Transformer.pool`): the last layer still makes keys and values (and queries, in
+    the one qkv map) for every token, but attention, projection and MLP only for the CLS row.
     """
     n, d, m = tokens + 1, size.width, size.mlp
     per_layer = 2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d
-    return size.layers * per_layer
+    if not pooled:
+        return size.layers * per_layer
+    last = 2 * n * 3 * d * d + 2 * (d * d + 2 * d * m) + 4 * n * d
+    return (size.layers - 1) * per_layer + last
 
 
 def linear_flops(rows: int, fan_in: int, fan_out: int) -> int:

@@ -32,7 +32,7 @@ class ModalityEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, pad = self.tokenizer(x, self.drop_rate if self.training else 0.0)
-        return self.transformer(tokens, pad)[:, 0]
+        return self.transformer.pool(tokens, pad)
 
 
 def video_encoder(size: str, frames: int, resolution: int, drop_rate: float = 0.0,

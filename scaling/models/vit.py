@@ -34,9 +34,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, queries: int | None = None) -> torch.Tensor:
+        """queries: only the first `queries` tokens ask (all tokens still serve as keys and values)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if queries is not None:
+            q, n = q[:, :, :queries], queries
         # The fused kernel picks flash / memory-efficient / math by device and dtype.
         # mask: (B, 1, 1, N) booleans, True where a key may be attended to.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -65,8 +68,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cls_only: bool = False) -> torch.Tensor:
+        """cls_only: return only the CLS token's output (B, 1, D). It still attends to every token,
+        so it equals the full block's row 0; the other rows' attention and MLP are skipped."""
+        if cls_only:
+            x = x[:, :1] + self.drop_path(self.attn(self.norm1(x), mask, queries=1))
+        else:
+            x = x + self.drop_path(self.attn(self.norm1(x), mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -84,8 +92,9 @@ def init_weights(module: nn.Module) -> None:
 class Transformer(nn.Module):
     """A stack of blocks with a learnable CLS/aggregation token and a final norm.
 
-    Input: tokens (B, N, D) already embedded (with positions). Output: (B, 1 + N, D) after the norm;
-    index 0 is the pooled feature.
+    Input: tokens (B, N, D) already embedded (with positions). forward: (B, 1 + N, D) after the
+    norm, index 0 being the pooled feature; pool: that feature alone (B, D), computed without the
+    last block's work for the other tokens (whose outputs nothing downstream reads).
     """
 
     def __init__(self, depth: int, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
@@ -99,19 +108,30 @@ class Transformer(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
 
-    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, mask)
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
+        """(B, 1 + N, D) after the final norm; pooled: only the CLS row, (B, 1, D)."""
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cls_only=pooled and i == last)
         return self.norm(x)
 
-    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """pad: optional (B, N) booleans, True for padding tokens that no query may attend to."""
+    def _with_cls(self, tokens: torch.Tensor, pad: torch.Tensor | None):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         mask = None
         if pad is not None and bool(pad.any()):
             keep = torch.cat([pad.new_ones(pad.shape[0], 1), ~pad], dim=1)
             mask = keep[:, None, None, :]
-        return self.run_blocks(torch.cat([cls, tokens], dim=1), mask)
+        return torch.cat([cls, tokens], dim=1), mask
+
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
+        """pad: optional (B, N) booleans, True for padding tokens that no query may attend to.
+        pooled: return only the CLS row (B, 1, D)."""
+        return self.run_blocks(*self._with_cls(tokens, pad), pooled=pooled)
+
+    def pool(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled (CLS) feature (B, D): forward(tokens, pad)[:, 0] at less cost. It goes
+        through the module call, so ZeRO-3 gathers cls_token as for forward."""
+        return self(tokens, pad, pooled=True)[:, 0]
 
 
 class PatchEmbed(nn.Module):
@@ -153,17 +173,21 @@ class VisionTransformer(Transformer):
         grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False).to(patch_pos.dtype)
         return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All output tokens (B, 1 + N, D) after the final norm."""
+    def _embed_and_run(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
         b, _, h, w = x.shape
         p = self.patch_embed.patch_size
         patches = self.patch_embed(x)
         cls = self.cls_token.expand(b, -1, -1).to(patches.dtype)
         x = torch.cat([cls, patches], dim=1) + self.interpolate_pos_encoding(h // p, w // p)
-        return self.run_blocks(x)
+        return self.run_blocks(x, pooled=pooled)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All output tokens (B, 1 + N, D) after the final norm."""
+        return self._embed_and_run(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tokens(x)[:, 0]
+        """The CLS token after the final norm (the last block computes nothing else)."""
+        return self._embed_and_run(x, pooled=True)[:, 0]
 
 
 def _vit(dim: int, depth: int, heads: int, patch_size: int, **kwargs) -> VisionTransformer:

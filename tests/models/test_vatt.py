@@ -36,7 +36,8 @@ def test_droptoken_halves_video_tokens_in_training_and_never_drops_in_eval():
         assert torch.all(dist.min(dim=1).values < 1e-4)
     enc = video_encoder("nano", 8, 64, drop_rate=0.5)
     seen = {}
-    enc.transformer.register_forward_pre_hook(lambda m, args: seen.__setitem__("n", args[0].shape[1]))
+    # The first block sees the CLS token and the kept tokens.
+    enc.transformer.blocks[0].register_forward_pre_hook(lambda m, args: seen.__setitem__("n", args[0].shape[1] - 1))
     enc.train()
     enc(video)
     assert seen["n"] == 16
@@ -91,3 +92,25 @@ def test_padding_words_do_not_change_the_text_feature():
 def test_word_embeddings_are_frozen_by_default_like_word2vec():
     assert not VATT(size="nano", vocab_size=1000).text.tokenizer.embed.weight.requires_grad
     assert VATT(size="nano", vocab_size=1000, freeze_word_embeddings=False).text.tokenizer.embed.weight.requires_grad
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_pooled_encoders_equal_the_full_transformer_cls_row(train):
+    """Encoders compute only the CLS row in the last block; that must equal row 0 of the full
+    transformer for video, audio and padded text, and in training draw the same stochastic depth."""
+    torch.manual_seed(0)
+    model = VATT(size="nano", frames=8, resolution=32, audio_samples=1024, vocab_size=100, max_words=6,
+                 drop_path=0.3)
+    model.train(train)
+    words = torch.randint(1, 100, (4, 6))
+    words[:, 3:] = 0  # padding, masked out of attention
+    inputs = {"video": torch.rand(4, 3, 8, 32, 32), "audio": torch.rand(4, 1024) - 0.5, "text": words}
+    for name, x in inputs.items():
+        enc = getattr(model, name)
+        tokens, pad = enc.tokenizer(x, 0.0)
+        torch.manual_seed(1)
+        full = enc.transformer(tokens, pad)[:, 0]
+        torch.manual_seed(1)
+        pooled = enc.transformer.pool(tokens, pad)
+        assert pooled.shape == full.shape == (4, 128)
+        torch.testing.assert_close(pooled, full, rtol=1e-5, atol=1e-5, msg=name)
