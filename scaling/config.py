@@ -163,6 +163,7 @@ class DINOConfig:
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996
     freeze_last_layer_epochs: float = 1.0
+    koleo_weight: float = 0.0          # DINOv2's KoLeo spreading term on the student's global CLS (0: off, as DINO)
     patch_size: int = 16               # image input only
 
     def validate(self) -> None:
@@ -184,6 +185,7 @@ class DINOConfig:
         _in_range("dino.center_momentum", self.center_momentum, 0.0, 1.0)
         _in_range("dino.momentum_teacher", self.momentum_teacher, 0.0, 1.0)
         _positive("dino.freeze_last_layer_epochs", self.freeze_last_layer_epochs, integer=False, allow_zero=True)
+        _positive("dino.koleo_weight", self.koleo_weight, integer=False, allow_zero=True)
         _choice("dino.patch_size", self.patch_size, (8, 16))
 
 

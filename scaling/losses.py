@@ -56,6 +56,17 @@ def negatives_per_positive(micro_batch: int, world: int) -> int:
     return micro_batch * world - 1
 
 
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Sablayrolles et al. 2019; DINOv2's regulariser): -mean log distance of each L2-normalised
+    row to its nearest other row, which spreads the features of a batch over the sphere."""
+    x = F.normalize(x, dim=-1, eps=eps)
+    with torch.no_grad():
+        dots = x @ x.t()
+        dots.fill_diagonal_(-2.0)
+        nearest = dots.argmax(dim=1)
+    return -torch.log((x - x[nearest]).norm(dim=-1) + eps).mean()
+
+
 class DINOLoss(nn.Module):
     """DINO's cross-entropy between the sharpened, centred teacher and the student.
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from scaling.data.augment import MultiCrop, normalize
-from scaling.losses import DINOLoss, cosine_schedule, mil_nce_loss, nce_loss, negatives_per_positive
+from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
 from scaling.models import crop_geometry
 
 
@@ -129,10 +129,18 @@ class DINOObjective:
         self.loss_fn.to(device)
         dtype = param_dtype(model)
         crops = [c.to(dtype) for c in self.multicrop(self._views(batch, device, generator), generator)]
-        student_out, teacher_out = (out.float() for out in model(crops))
+        weight = self.cfg.dino.koleo_weight
+        outs = model(crops, return_features=True) if weight > 0 else model(crops)
+        student_out, teacher_out = outs[0].float(), outs[1].float()
         epoch = self.epoch_at(step)
         loss = self.loss_fn(student_out, teacher_out, epoch)
-        return loss, {"loss": loss.item(), **self.collapse_signals(student_out, teacher_out, epoch)}
+        extra = {}
+        if weight > 0:
+            # DINOv2: KoLeo on the student's CLS features, per global view, within the batch.
+            koleo = sum(koleo_loss(f) for f in outs[2].float().chunk(2)) / 2
+            extra = {"loss_dino": loss.item(), "loss_koleo": koleo.item()}
+            loss = loss + weight * koleo
+        return loss, {"loss": loss.item(), **extra, **self.collapse_signals(student_out, teacher_out, epoch)}
 
     @torch.no_grad()
     def collapse_signals(self, student_out: torch.Tensor, teacher_out: torch.Tensor, epoch: float) -> dict[str, float]:

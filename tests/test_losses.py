@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scaling.losses import DINOLoss, cosine_schedule, mil_nce_loss, nce_loss, negatives_per_positive
+from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
 
 
 def test_dino_loss_matches_hand_computed_case():
@@ -97,3 +97,18 @@ def test_cosine_schedule_warms_up_then_decays_to_the_end_value():
     assert cosine_schedule(1.0, 0.0, 10, 100, warmup=10) == pytest.approx(1.0)
     assert cosine_schedule(1.0, 0.0, 55, 100, warmup=10) == pytest.approx(0.5)
     assert cosine_schedule(0.996, 1.0, 100, 100) == pytest.approx(1.0)
+
+
+def test_koleo_is_minus_the_mean_log_distance_to_the_nearest_other_row():
+    # Rows (after L2 normalisation) at angles 0, 90 and 180 degrees, the first given at length 2.
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], requires_grad=True)
+    # Nearest other row: 0 -> 1 and 2 -> 1 (distance sqrt 2); 1 -> 0 (first of the tie, sqrt 2).
+    expected = -math.log(math.sqrt(2.0))
+    loss = koleo_loss(x)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # Spreading lowers it: two rows close together score higher than the same rows far apart.
+    close = koleo_loss(torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]]))
+    far = koleo_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    assert close > far

@@ -5,6 +5,7 @@ import torch
 from scaling.config import RunConfig
 from scaling.data.synthetic import SyntheticClips
 from scaling.models import build_model
+from scaling.losses import koleo_loss
 from scaling.objectives import build_objective
 
 SMALL = ["steps=10", "global_batch=8", "micro_batch=8", "data.train_size=64", "dino.out_dim=64",
@@ -45,3 +46,29 @@ def test_dino_teacher_and_centre_move_only_in_after_optimizer_step():
     assert not torch.equal(objective.loss_fn.center, torch.zeros_like(objective.loss_fn.center))
     assert not all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters()))
     assert {"loss", "teacher_entropy", "teacher_temp"} <= set(metrics)
+
+
+def test_dino_with_koleo_adds_the_weighted_term_on_the_student_global_cls_features():
+    """dino.koleo_weight (DINOv2's KoLeo regulariser; 0, plain DINO, by default) adds weight x the
+    mean KoLeo of the student backbone's features of each global view to DINO's loss."""
+    # No stochastic depth, so the features can be recomputed below.
+    plain_cfg = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0"])
+    cfg = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0", "dino.koleo_weight=0.5"])
+    torch.manual_seed(0)
+    model, objective = build_model(cfg), build_objective(cfg)
+    loss, metrics = objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+    assert metrics["loss"] == pytest.approx(metrics["loss_dino"] + 0.5 * metrics["loss_koleo"], rel=1e-5)
+    # The DINO part is what plain DINO computes on the same crops.
+    torch.manual_seed(0)
+    plain_model, plain = build_model(plain_cfg), build_objective(plain_cfg)
+    plain_loss, plain_metrics = plain.loss(plain_model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+    assert "loss_koleo" not in plain_metrics
+    assert metrics["loss_dino"] == pytest.approx(plain_metrics["loss"], rel=1e-5)
+    # And by hand: KoLeo of the two global crops' student backbone features.
+    crops = objective.multicrop(_batch()["video"], torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = model.student.backbone(torch.cat(crops[:2]))
+    expected = sum(koleo_loss(f) for f in feats.chunk(2)).item() / 2
+    assert metrics["loss_koleo"] == pytest.approx(expected, rel=1e-4)
+    loss.backward()
+    assert model.student.backbone.tokenizer.proj.weight.grad is not None

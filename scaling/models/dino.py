@@ -60,7 +60,9 @@ class MultiCropWrapper(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, crops: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def forward(self, crops: list[torch.Tensor] | torch.Tensor, return_features: bool = False):
+        """Head outputs of all crops; with return_features also the backbone features of the first run
+        of same-shaped crops (the global views)."""
         if isinstance(crops, torch.Tensor):
             crops = [crops]
         feats, start = [], 0
@@ -70,7 +72,8 @@ class MultiCropWrapper(nn.Module):
                 end += 1
             feats.append(self.backbone(torch.cat(crops[start:end], dim=0)))
             start = end
-        return self.head(torch.cat(feats, dim=0))
+        out = self.head(torch.cat(feats, dim=0))
+        return (out, feats[0]) if return_features else out
 
 
 class DINO(nn.Module):
@@ -104,10 +107,14 @@ class DINO(nn.Module):
         """The backbone feature used for evaluation: the teacher's, as DINO evaluates."""
         return self.teacher.backbone(x)
 
-    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """crops: 2 global views then the local ones. Returns (student_out, teacher_out)."""
+    def forward(self, crops: list[torch.Tensor], return_features: bool = False):
+        """crops: 2 global views then the local ones. Returns (student_out, teacher_out), and with
+        return_features also the student's backbone features of the global views (for KoLeo)."""
         with torch.no_grad():
             teacher_out = self.teacher(crops[:2])
+        if return_features:
+            student_out, feats = self.student(crops, return_features=True)
+            return student_out, teacher_out, feats
         return self.student(crops), teacher_out
 
     @torch.no_grad()
