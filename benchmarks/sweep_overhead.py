@@ -5,7 +5,7 @@ Demo trials (sweeps/demo.yaml's base config, fixed and per-method overrides: VAT
 batch 32, seed 0) go through the library path of `scaling sweep submit` (load_spec, then
 sweeps.commands.submit), run in a fresh interpreter as the CLI is, with the slurm launcher and the
 `local` profile, two array elements at a time as the demo runs. Full scale submits two such sweeps one
-after the other: with 640 samples (20 steps; only their overhead counts), then with the demo's 9,600
+after the other: with 640 samples (20 steps; only their overhead counts), then with the demo's
 samples (a demo trial's wall time, and two more overheads). Smoke: one VATT trial of 64 samples.
 
 Every stage is timed from a clock on this machine (the cluster is this machine, so one clock):
@@ -20,7 +20,8 @@ Every stage is timed from a clock on this machine (the cluster is this machine, 
   data+eval0       -> the first optimizer step starts (its metrics line's time less its step_time_s): the
                       datasets and the evaluation of the random-init backbone (eval.random_init)
 A trial's wall time runs from submit to the end of its job (submitit's result file). The share is the
-overhead (submit -> first step) over the median wall time of the full-length (9,600-sample) demo trials.
+overhead (submit -> first step) over the median wall time of the full-length demo trials
+(sweeps/demo.yaml's samples).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ GOAL = ("measure the time from `scaling sweep submit` to each trial's first opti
         "share of a demo trial's wall time (no target)")
 SKIP_NO_SLURM = "skipped: no SLURM cluster answers (start one with slurm/local_cluster.sh start)"
 
-DEMO_SAMPLES = 9600
+# The demo's samples per run, as sweeps/demo.yaml fixes them.
+DEMO_SAMPLES = int(yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())["fixed"]["samples"])
 # (label, samples, extra fixed overrides) of each sweep, submitted one after the other.
 SWEEPS = {
     "full": [("overhead", 640, {}), ("demo", DEMO_SAMPLES, {})],
@@ -190,7 +192,7 @@ def _write_spec(root: Path, label: str, samples: int, extra: dict[str, Any], met
         "base": demo["base"],
         "fixed": {**demo.get("fixed", {}), "samples": samples, **extra},
         "per_method": demo.get("per_method", {}),
-        "grid": {"method": methods, "global_batch": [32], "seed": [0]},
+        "grid": {"method": methods, "global_batch": [32], "micro_batch": [32], "seed": [0]},
         "objective": demo.get("objective", {"metric": "knn_top1", "direction": "maximize"}),
         "launcher": {"type": "slurm", "profile": "local", "nproc": 1, "parallelism": PARALLELISM},
         "retries": 0,   # a failed trial is reported, not resubmitted

@@ -83,3 +83,24 @@ def test_the_shipped_specs_are_valid_and_plan(path, tmp_path):
 def test_the_study_specs_ship():
     assert {"batch_sensitivity", "model_scaling", "droptoken", "lr_tune", "demo"} <= {p.stem for p in SPECS.glob("*.yaml")}
     assert Path(SPECS / "lr_tune.yaml").read_text().count("loguniform") >= 1
+
+
+def test_the_demo_spec_is_the_study_the_demo_promises():
+    """sweeps/demo.yaml: both methods on the same backbone and clips, >= 3 global batches with >= 2
+    seeds each, >= 2 model sizes, DropToken 0 and 0.5 for VATT, the same samples per run, and no
+    gradient accumulation (a VATT run's batch is its contrastive batch)."""
+    spec = load_spec(SPECS / "demo.yaml", check_storage=False)
+    cfgs = [spec.run_config(p) for p in spec.grid]
+    assert {c.method for c in cfgs} == {"vatt", "dino"}
+    assert len({c.total_samples for c in cfgs}) == 1
+    for field in ("frames", "resolution", "difficulty", "train_size", "eval_size", "seed"):
+        assert len({getattr(c.data, field) for c in cfgs}) == 1, field
+    assert all(c.accumulation == 1 and c.world_size == 1 for c in cfgs)
+    nano = [c for c in cfgs if c.size == "nano" and c.drop_rate == 0]
+    batches = {c.global_batch for c in nano}
+    assert len(batches) >= 3
+    for method in ("vatt", "dino"):
+        for b in batches:
+            assert len({c.seed for c in nano if c.method == method and c.global_batch == b}) >= 2, (method, b)
+        assert len({c.size for c in cfgs if c.method == method}) >= 2
+    assert {c.drop_rate for c in cfgs if c.method == "vatt"} >= {0.0, 0.5}

@@ -1,6 +1,8 @@
-"""A short run (the `scaling demo` config) learns the class: the loss falls and the k-NN top-1 of the
-trained backbone clearly beats the same backbone at random init. VATT only: video DINO does not yet
-beat random init on these clips within a CPU budget (see the README's "Known limitations")."""
+"""A short run (the `scaling demo` configs) learns the class: the k-NN top-1 of the trained backbone
+clearly beats the same backbone at random init. VATT's loss falls too. Plain video DINO does not beat
+random init on these clips within a CPU budget (README, "Known limitations"); with DINOv2's KoLeo
+term it does, which this pins. DINO's loss is not expected to fall from its first steps: the
+centre starts at zero, so the first teacher targets are nearly one-hot and easy to match."""
 import json
 from pathlib import Path
 
@@ -11,12 +13,15 @@ from clitools import read_metrics, run_cli
 CONFIGS = Path(__file__).resolve().parents[2] / "scaling" / "configs"
 
 
-@pytest.mark.parametrize("method", ["vatt"])
-def test_a_short_run_learns_the_class_beyond_random_init(tmp_path, method):
+@pytest.mark.parametrize("method, overrides", [("vatt", []), ("dino", ["dino.koleo_weight=1.0"])],
+                         ids=["vatt", "dino+koleo"])
+def test_a_short_run_learns_the_class_beyond_random_init(tmp_path, method, overrides):
     run_dir = tmp_path / method
-    run_cli("train", "--config", str(CONFIGS / f"demo_{method}.yaml"), "--run-dir", str(run_dir), timeout=1200)
+    run_cli("train", "--config", str(CONFIGS / f"demo_{method}.yaml"), *overrides, "--run-dir", str(run_dir),
+            timeout=1200)
     summary = json.loads((run_dir / "summary.json").read_text())
     losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
     assert summary["end_reason"] == "completed"
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    if method == "vatt":
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert summary["final"]["knn_top1"] >= summary["random_init"]["knn_top1"] + 15, summary
