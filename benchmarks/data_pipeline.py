@@ -53,7 +53,8 @@ def run(scale: str) -> Result:
     configs = demo_configs()
     loader_batches, reps = (40, 5) if scale == "full" else (2, 1)
     if scale == "smoke":
-        configs = [c.replace(**{"data.train_size": 64}) for c in configs[:2]]
+        # A small train split, but enough for the loader's batches at the largest demo micro-batch.
+        configs = [c.replace(**{"data.train_size": c.micro_batch * (loader_batches + 1)}) for c in configs[:2]]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a demo rank gets one thread (two ranks share the two cores)
     rows = []

@@ -47,8 +47,9 @@ def test_interrupting_the_demo_and_running_it_again_continues_where_it_stopped(t
     def summaries():
         return {d.name: json.loads((d / "summary.json").read_text()) for d in trials.glob("*") if (d / "summary.json").is_file()}
 
-    def checkpointed():
-        return [d for d in trials.glob("*") if d.name not in summaries() and any((d / "checkpoints").glob("*/"))]
+    def checkpointed():  # unfinished trials with a complete checkpoint (its manifest written)
+        return [d for d in trials.glob("*")
+                if d.name not in summaries() and any((d / "checkpoints").glob("*/COMPLETE.json"))]
 
     cmd = [sys.executable, "-m", "scaling.cli", "demo", "--spec", str(spec), "--launcher", "local", "--bootstrap", "10"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
