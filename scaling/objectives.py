@@ -137,7 +137,9 @@ class DINOObjective:
         extra = {}
         if weight > 0:
             # DINOv2: KoLeo on the student's CLS features, per global view, within the batch.
-            koleo = sum(koleo_loss(f) for f in outs[2].float().chunk(2)) / 2
+            # The first 2B rows are the global views (local crops of the same shape would follow).
+            globals_ = outs[2].float()[: 2 * crops[0].shape[0]]
+            koleo = sum(koleo_loss(f) for f in globals_.chunk(2)) / 2
             extra = {"loss_dino": loss.item(), "loss_koleo": koleo.item()}
             loss = loss + weight * koleo
         return loss, {"loss": loss.item(), **extra, **self.collapse_signals(student_out, teacher_out, epoch)}
