@@ -52,8 +52,9 @@ GOAL = ("measure the time from `scaling sweep submit` to each trial's first opti
         "share of a demo trial's wall time (no target)")
 SKIP_NO_SLURM = "skipped: no SLURM cluster answers (start one with slurm/local_cluster.sh start)"
 
-# The demo's samples per run, as sweeps/demo.yaml fixes them.
-DEMO_SAMPLES = int(yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())["fixed"]["samples"])
+# The demo spec the sweeps are derived from, and its samples per run.
+DEMO_SPEC = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
+DEMO_SAMPLES = int(DEMO_SPEC["fixed"]["samples"])
 # (label, samples, extra fixed overrides) of each sweep, submitted one after the other.
 SWEEPS = {
     "full": [("overhead", 640, {}), ("demo", DEMO_SAMPLES, {})],
@@ -184,9 +185,7 @@ def _metrics_times(run_dir: Path) -> dict[str, Any]:
 def _write_spec(root: Path, label: str, samples: int, extra: dict[str, Any], methods: list[str]) -> Path:
     """A spec derived from sweeps/demo.yaml: the same base, fixed and per-method overrides; the slurm
     launcher with the `local` profile; two trials (global batch 32, seed 0)."""
-    from sweeps.spec import SPECS
-
-    demo = yaml.safe_load((SPECS / "demo.yaml").read_text())
+    demo = DEMO_SPEC
     spec = {
         "name": f"overhead-{label}-{uuid.uuid4().hex[:8]}",
         "base": demo["base"],
