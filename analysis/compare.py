@@ -3,7 +3,8 @@
 - batch sensitivity of VATT vs DINO (metric vs global batch, retained accuracy, slope per halving
   with CIs over seeds, a DINO-ablation-style table, negatives per positive beside the batch);
 - model scaling (error vs params and vs FLOPs, fitted per method);
-- the DropToken frontier (accuracy vs training FLOPs per drop rate, Pareto points marked).
+- the DropToken frontier (accuracy vs training FLOPs per drop rate, Pareto points marked);
+- learning against the random-init backbone (gain in points, with CIs over seeds).
 """
 from __future__ import annotations
 
@@ -140,6 +141,27 @@ def droptoken(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.DataFrame:
     return table
 
 
+def random_init_gain(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.DataFrame:
+    """Does each arm learn? Per (method, size, drop rate, batch): the trained metric against the same
+    backbone with random-init weights (same seeds, same protocol), and the gain in points with its
+    95% CI over seeds. Only runs that measured their random-init baseline take part."""
+    base = metric.replace("final_", "random_init_", 1)
+    if base == metric or base not in df:
+        return pd.DataFrame()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LoadWarning)
+        runs = fittable(df, metric)
+    runs = runs.loc[runs[base].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    rows = []
+    for key, g in runs.groupby([*GROUP, "global_batch"], dropna=False):
+        gain = g[metric].to_numpy(float) - g[base].to_numpy(float)
+        lo, hi = _t_interval(gain)
+        rows.append({**dict(zip([*GROUP, "global_batch"], key)), "seeds": int(gain.size),
+                     "random_init": float(g[base].mean()), "trained": float(g[metric].mean()),
+                     "gain": float(gain.mean()), "gain_ci_low": lo, "gain_ci_high": hi})
+    return pd.DataFrame(rows)
+
+
 def fairness(df: pd.DataFrame) -> dict[str, Any]:
     """What the compared runs share (or not): backbone data, samples seen, evaluation protocol."""
     complete = df.loc[df["state"] == "complete"] if "state" in df else df
@@ -149,4 +171,8 @@ def fairness(df: pd.DataFrame) -> dict[str, Any]:
             values = sorted(complete[col].dropna().unique().tolist())
             facts[col] = values
     facts["methods"] = sorted(complete["method"].dropna().unique().tolist()) if "method" in complete else []
+    if "dino.koleo_weight" in complete:
+        weights = complete.loc[complete["method"] == "dino+koleo", "dino.koleo_weight"].dropna().unique()
+        if weights.size:
+            facts["dino+koleo: dino.koleo_weight"] = sorted(float(w) for w in weights)
     return facts

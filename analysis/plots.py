@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLORS = {"vatt": "#1f77b4", "dino": "#d62728"}
+COLORS = {"vatt": "#1f77b4", "dino": "#d62728", "dino+koleo": "#9467bd", "koleo": "#8c564b"}
 
 
 def _figure():
@@ -46,6 +46,13 @@ def batch_sensitivity_plot(table: pd.DataFrame, metric_label: str, out: Path, ru
         if runs is not None and metric:
             seeds = runs.loc[(runs["method"] == method) & (runs["size"] == size) & (runs["drop_rate"] == drop)]
             axes[0].scatter(seeds["global_batch"], seeds[metric], color=color, s=10, alpha=0.5)
+    baseline = metric.replace("final_", "random_init_", 1) if metric else None
+    if runs is not None and baseline in runs and baseline != metric:
+        # The bar every arm must clear: the same backbone with random-init weights (mean over seeds).
+        base_values = pd.to_numeric(runs[baseline], errors="coerce")
+        for size, base in base_values.groupby(runs["size"]).mean().dropna().items():
+            axes[0].axhline(base, color="0.5", linestyle=styles.get(size, "-"), linewidth=1,
+                            label=f"random init {size}")
     axes[0].set_ylim(0, 100)
     for ax, ylabel in zip(axes, (metric_label, f"% of the largest batch's {metric_label}")):
         ax.set_xscale("log", base=2)

@@ -48,13 +48,29 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def arm(cfg: dict[str, Any]) -> str | None:
+    """The compared arm a run belongs to: its method, except that DINO with DINOv2's KoLeo term on
+    (dino.koleo_weight > 0) is its own arm, "dino+koleo", never pooled with plain DINO, and KoLeo
+    with the self-distillation loss off (dino.distill_weight = 0, an ablation) is "koleo"."""
+    method = cfg.get("method")
+    dino = cfg.get("dino") or {}
+    if method == "dino" and (dino.get("koleo_weight") or 0) > 0:
+        return "koleo" if dino.get("distill_weight", 1.0) == 0 else "dino+koleo"
+    return method
+
+
 def run_row(run_dir: Path) -> dict[str, Any]:
-    """One run as a flat row: its axes, cost, final and best metrics, wall time and state."""
+    """One run as a flat row: its axes, cost, final and best metrics, wall time and state.
+
+    `method` is the run's arm (see `arm`): vatt, dino, dino+koleo or koleo."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     summary = _read_json(run_dir / "summary.json")
     row: dict[str, Any] = {"run_dir": str(run_dir), "run": run_dir.name}
     for axis in AXES:
         row[axis] = cfg.get(axis)
+    row["method"] = arm(cfg)
+    for key in ("koleo_weight", "distill_weight"):
+        row[f"dino.{key}"] = (cfg.get("dino") or {}).get(key) if cfg.get("method") == "dino" else None
     data = cfg.get("data", {}) or {}
     row.update({"data.source": data.get("source"), "data.resolution": data.get("resolution"),
                 "data.frames": data.get("frames"), "data.difficulty": data.get("difficulty")})
@@ -74,7 +90,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     for m in METRICS:
         row[f"final_{m}"] = final.get(m)
     baseline = summary.get("random_init", {}) or {}
-    row["random_init_knn_top1"] = baseline.get("knn_top1")
+    for m in ("knn_top1", "linear_top1"):
+        row[f"random_init_{m}"] = baseline.get(m)
     curves = read_metrics(run_dir)
     if not curves.empty:
         if "train/loss" in curves:

@@ -229,11 +229,21 @@ def _demo_summary(out: Path) -> None:
     fits = json.loads((out / "fits.json").read_text())
     print("\nbatch sensitivity (k-NN top-1 %, mean ± half the 95% CI over seeds):")
     print((out / "batch_sensitivity.md").read_text().split("\n\n")[2])
+    gain = pd.read_csv(out / "random_init.csv") if (out / "random_init.csv").stat().st_size > 1 else pd.DataFrame()
+    if not gain.empty:
+        print("learning vs the random-init backbone (k-NN top-1 %, at each arm's largest batch):")
+        for _, r in gain.loc[gain.groupby(["method", "size", "drop_rate"], dropna=False)["global_batch"].idxmax()].iterrows():
+            ci = (f" (95% CI {r['gain_ci_low']:+.1f} to {r['gain_ci_high']:+.1f})"
+                  if pd.notna(r["gain_ci_low"]) else "")
+            drop = f" drop {r['drop_rate']:g}" if r["drop_rate"] else ""
+            print(f"  {r['method']} {r['size']}{drop}, batch {r['global_batch']}: {r['trained']:.1f} vs "
+                  f"{r['random_init']:.1f} at random init, {r['gain']:+.1f}{ci}; {r['seeds']} seed(s)")
     for name, fit in fits["model_scaling"].items():
         if name.endswith(":params") and "alpha" in fit:
             lo, hi = fit["alpha"]["interval"]
+            caveat = next((w for w in fit.get("warnings", []) if "not identified" in w), "")
             print(f"scaling exponent {name.split(':')[0]}: k-NN error ~ params^-{fit['alpha']['value']:.3f} "
-                  f"(95% CI {lo:.3f} to {hi:.3f}; {fit['n_points']} runs)")
+                  f"(95% CI {lo:.3f} to {hi:.3f}; {fit['n_points']} runs)" + (f"; caution: {caveat}" if caveat else ""))
         elif name.endswith(":params"):
             print(f"scaling exponent {name.split(':')[0]}: not fitted ({fit.get('skipped', 'no fit')})")
     drop = pd.read_csv(out / "droptoken.csv") if (out / "droptoken.csv").stat().st_size > 1 else pd.DataFrame()

@@ -164,6 +164,7 @@ class DINOConfig:
     momentum_teacher: float = 0.996
     freeze_last_layer_epochs: float = 1.0
     koleo_weight: float = 0.0          # DINOv2's KoLeo spreading term on the student's global CLS (0: off, as DINO)
+    distill_weight: float = 1.0        # weight of DINO's self-distillation loss (0, an ablation: KoLeo alone)
     patch_size: int = 16               # image input only
 
     def validate(self) -> None:
@@ -186,6 +187,10 @@ class DINOConfig:
         _in_range("dino.momentum_teacher", self.momentum_teacher, 0.0, 1.0)
         _positive("dino.freeze_last_layer_epochs", self.freeze_last_layer_epochs, integer=False, allow_zero=True)
         _positive("dino.koleo_weight", self.koleo_weight, integer=False, allow_zero=True)
+        _positive("dino.distill_weight", self.distill_weight, integer=False, allow_zero=True)
+        if self.distill_weight == 0 and self.koleo_weight == 0:
+            raise ConfigError("dino.distill_weight", "got 0 with dino.koleo_weight=0: nothing would be trained; "
+                                                     "one of the two must be > 0")
         _choice("dino.patch_size", self.patch_size, (8, 16))
 
 

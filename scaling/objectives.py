@@ -129,19 +129,22 @@ class DINOObjective:
         self.loss_fn.to(device)
         dtype = param_dtype(model)
         crops = [c.to(dtype) for c in self.multicrop(self._views(batch, device, generator), generator)]
-        weight = self.cfg.dino.koleo_weight
+        weight, distill = self.cfg.dino.koleo_weight, self.cfg.dino.distill_weight
         outs = model(crops, return_features=True) if weight > 0 else model(crops)
         student_out, teacher_out = outs[0].float(), outs[1].float()
         epoch = self.epoch_at(step)
-        loss = self.loss_fn(student_out, teacher_out, epoch)
+        dino = self.loss_fn(student_out, teacher_out, epoch)  # also stages the centre update
+        loss = dino if distill == 1.0 else distill * dino
         extra = {}
         if weight > 0:
             # DINOv2: KoLeo on the student's CLS features, per global view, within the batch.
             # The first 2B rows are the global views (local crops of the same shape would follow).
             globals_ = outs[2].float()[: 2 * crops[0].shape[0]]
             koleo = sum(koleo_loss(f) for f in globals_.chunk(2)) / 2
-            extra = {"loss_dino": loss.item(), "loss_koleo": koleo.item()}
+            extra = {"loss_koleo": koleo.item()}
             loss = loss + weight * koleo
+        if extra or distill != 1.0:
+            extra["loss_dino"] = dino.item()  # unweighted, so runs with different weights compare
         return loss, {"loss": loss.item(), **extra, **self.collapse_signals(student_out, teacher_out, epoch)}
 
     @torch.no_grad()

@@ -62,6 +62,8 @@ def test_overrides_parse_yaml_values_into_nested_sections():
     (["vatt.audio_size=xl"], "vatt.audio_size", "'nano'"),
     (["dino.local_scale=[0.5, 0.1]"], "dino.local_scale", "0 < lo <= hi <= 1"),
     (["dino.koleo_weight=-0.1"], "dino.koleo_weight", ">= 0"),
+    (["dino.distill_weight=-1"], "dino.distill_weight", ">= 0"),
+    (["dino.distill_weight=0"], "dino.distill_weight", "one of the two must be > 0"),
     (["steps=null"], "steps", "exactly one of steps or samples"),
     (["samples=1000"], "samples", "multiple of global_batch"),
     (["data.train_size=100", "micro_batch=64", "world_size=2", "global_batch=128"], "data.train_size", "at least micro_batch"),

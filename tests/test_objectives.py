@@ -72,3 +72,23 @@ def test_dino_with_koleo_adds_the_weighted_term_on_the_student_global_cls_featur
     assert metrics["loss_koleo"] == pytest.approx(expected, rel=1e-4)
     loss.backward()
     assert model.student.backbone.tokenizer.proj.weight.grad is not None
+
+
+def test_dino_distill_weight_scales_the_self_distillation_part_only():
+    """dino.distill_weight (1 by default) weights DINO's cross-entropy; 0 is the KoLeo-alone ablation.
+    loss_dino is logged unweighted, and the centre is still staged and updated."""
+    cfg = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0", "dino.koleo_weight=0.5"])
+    ablation = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0", "dino.koleo_weight=0.5",
+                                             "dino.distill_weight=0"])
+    results = []
+    for c in (cfg, ablation):
+        torch.manual_seed(0)
+        model, objective = build_model(c), build_objective(c)
+        loss, metrics = objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+        objective.after_optimizer_step(model, 0)
+        results.append((loss, metrics, objective.loss_fn.center.clone()))
+    (_, full, center), (loss, alone, center0) = results
+    assert alone["loss_dino"] == pytest.approx(full["loss_dino"], rel=1e-6)
+    assert alone["loss"] == pytest.approx(0.5 * alone["loss_koleo"], rel=1e-6)
+    assert loss.item() == pytest.approx(0.5 * full["loss_koleo"], rel=1e-5)
+    assert torch.equal(center, center0) and center.abs().sum() > 0

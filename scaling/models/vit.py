@@ -182,11 +182,15 @@ class VisionTransformer(Transformer):
         return self.run_blocks(x, pooled=pooled)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """All output tokens (B, 1 + N, D) after the final norm."""
-        return self._embed_and_run(x)
+        """All output tokens (B, 1 + N, D) after the final norm. Goes through the module call, so an
+        engine that gathers parameters in forward hooks (ZeRO-3) gathers them here too."""
+        return self(x, all_tokens=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The CLS token after the final norm (the last block computes nothing else)."""
+    def forward(self, x: torch.Tensor, all_tokens: bool = False) -> torch.Tensor:
+        """The CLS token after the final norm (the last block computes nothing else); with
+        all_tokens, every output token (B, 1 + N, D)."""
+        if all_tokens:
+            return self._embed_and_run(x)
         return self._embed_and_run(x, pooled=True)[:, 0]
 
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
@@ -19,7 +20,8 @@ SPEC = {
     "fixed": {**FIXED, "eval.linear_probe": False},
     "grid": [{"method": ["vatt", "dino"], "global_batch": [4, 8], "seed": [0, 1]},
              {"method": ["vatt", "dino"], "size": ["micro"]},
-             {"method": ["vatt"], "drop_rate": [0.5]}],
+             {"method": ["vatt"], "drop_rate": [0.5]},
+             {"method": ["dino"], "dino.koleo_weight": [0.5], "global_batch": [8]}],
     "launcher": {"type": "debug"},
 }
 
@@ -37,12 +39,17 @@ def sweep(tmp_path_factory):
 
 def test_load_gives_one_row_per_run_with_axes_costs_metrics_and_state(sweep):
     df = load(sweep)
-    assert len(df) == 11
+    assert len(df) == 12
     assert set(df["state"]) == {"complete"} and set(df["trial_state"]) == {"COMPLETE"}
     for col in ("method", "size", "drop_rate", "global_batch", "seed", "params", "total_flops", "samples_seen",
                 "final_knn_top1", "best_knn_top1", "final_loss", "wall_s"):
         assert df[col].notna().all(), col
     assert (df.loc[df["size"] == "micro", "params"].min() > df.loc[df["size"] == "nano", "params"].max())
+    # DINO with KoLeo on is its own arm, never pooled with plain DINO.
+    koleo = df.loc[df["method"] == "dino+koleo"]
+    assert len(koleo) == 1 and koleo["dino.koleo_weight"].tolist() == [0.5]
+    assert (df.loc[df["method"] == "dino", "dino.koleo_weight"] == 0).all()
+    assert df.loc[df["method"] == "vatt", "dino.koleo_weight"].isna().all()
 
 
 def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path):
@@ -51,16 +58,33 @@ def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path
     assert f"report: {out / 'report.html'}" in printed
     for name in ("runs.csv", "fits.json", "batch_sensitivity.csv", "batch_sensitivity.md", "scaling.csv",
                  "batch_sensitivity.png", "batch_sensitivity.svg", "model_scaling.png", "model_scaling.svg",
-                 "droptoken.png", "droptoken.svg", "report.html"):
+                 "droptoken.png", "droptoken.svg", "random_init.csv", "report.html"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     page = (out / "report.html").read_text()
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3 and all(len(i) > 1000 for i in images)
-    for heading in ("What the comparison holds fixed", "Random-init baseline", "Batch sensitivity",
+    for heading in ("What the comparison holds fixed", "Arms", "Learning against the random-init backbone",
+                    "Batch sensitivity",
                     "Slope per halving", "Model scaling fits", "DropToken"):
         assert heading in page
     fits = json.loads((out / "fits.json").read_text())
-    assert set(fits["model_scaling"]) == {"vatt:params", "vatt:total_flops", "dino:params", "dino:total_flops"}
+    assert set(fits["model_scaling"]) == {f"{arm}:{axis}" for arm in ("vatt", "dino", "dino+koleo")
+                                          for axis in ("params", "total_flops")}
+    assert "skipped" in fits["model_scaling"]["dino+koleo:params"]  # one size: nothing to fit
+    assert fits["fairness"]["dino+koleo: dino.koleo_weight"] == [0.5]
+    assert "DINO plus DINOv2&#x27;s KoLeo term" in page
+
+    # Each arm against its random-init backbone: the gain is trained minus random init, per seed.
+    gain = pd.read_csv(out / "random_init.csv")
+    runs = load(sweep)
+    row = gain.loc[(gain["method"] == "vatt") & (gain["size"] == "nano") & (gain["drop_rate"] == 0)
+                   & (gain["global_batch"] == 8)].iloc[0]
+    same = runs.loc[(runs["method"] == "vatt") & (runs["size"] == "nano") & (runs["drop_rate"] == 0)
+                    & (runs["global_batch"] == 8)]
+    assert row["seeds"] == 2
+    assert row["gain"] == pytest.approx((same["final_knn_top1"] - same["random_init_knn_top1"]).mean())
+    assert row["gain_ci_low"] <= row["gain"] <= row["gain_ci_high"]
+    assert set(gain["method"]) == {"vatt", "dino", "dino+koleo"}
     vatt = fits["model_scaling"]["vatt:params"]
     assert "alpha" in vatt and vatt["data"]["sizes"] == ["micro", "nano"] and len(vatt["alpha"]["interval"]) == 2
     assert "| batch 4 | batch 8 |" in (out / "batch_sensitivity.md").read_text()
@@ -103,4 +127,14 @@ def test_the_notebooks_run_headless_on_the_sweep(sweep, notebook, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("11 runs" in "".join(o.get("text", "")) for o in outputs)
+    assert any("12 runs" in "".join(o.get("text", "")) for o in outputs)
+
+
+def test_each_objective_is_its_own_arm():
+    from analysis.runs import arm
+
+    assert arm({"method": "vatt", "dino": {"koleo_weight": 1.0}}) == "vatt"
+    assert arm({"method": "dino", "dino": {"koleo_weight": 0.0, "distill_weight": 1.0}}) == "dino"
+    assert arm({"method": "dino", "dino": {"koleo_weight": 1.0, "distill_weight": 1.0}}) == "dino+koleo"
+    assert arm({"method": "dino", "dino": {"koleo_weight": 1.0}}) == "dino+koleo"  # written before distill_weight
+    assert arm({"method": "dino", "dino": {"koleo_weight": 1.0, "distill_weight": 0.0}}) == "koleo"

@@ -81,6 +81,20 @@ def test_position_embeddings_interpolate_to_other_resolutions():
     assert model.interpolate_pos_encoding(14, 14) is model.pos_embed
 
 
+def test_tokens_go_through_the_module_call_and_their_cls_row_is_the_feature():
+    """tokens() runs as a module call, so forward hooks (ZeRO-3 gathers parameters in them) fire,
+    and its CLS row is what forward() returns."""
+    model = vit_tiny(patch_size=16).eval()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(module))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens, cls = model.tokens(x), model(x)
+    assert calls == [model, model]
+    assert tokens.shape == (2, 1 + 4 * 4, 192)
+    torch.testing.assert_close(tokens[:, 0], cls, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("factory,width,patch", [(vit_tiny, 192, 8), (vit_small, 384, 8), (vit_base, 768, 16)])
 def test_factories_build_dino_architectures(factory, width, patch):
     with torch.device("meta"):

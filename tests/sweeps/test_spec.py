@@ -87,8 +87,9 @@ def test_the_study_specs_ship():
 
 def test_the_demo_spec_is_the_study_the_demo_promises():
     """sweeps/demo.yaml: both methods on the same backbone and clips, >= 3 global batches with >= 2
-    seeds each, >= 2 model sizes, DropToken 0 and 0.5 for VATT, the same samples per run, and no
-    gradient accumulation (a VATT run's batch is its contrastive batch)."""
+    seeds each, >= 2 model sizes, DropToken 0 and 0.5 for VATT, the same samples per run, no
+    gradient accumulation (a VATT run's batch is its contrastive batch), and plain DINO beside
+    DINO+KoLeo at the largest batch."""
     spec = load_spec(SPECS / "demo.yaml", check_storage=False)
     cfgs = [spec.run_config(p) for p in spec.grid]
     assert {c.method for c in cfgs} == {"vatt", "dino"}
@@ -104,3 +105,9 @@ def test_the_demo_spec_is_the_study_the_demo_promises():
             assert len({c.seed for c in nano if c.method == method and c.global_batch == b}) >= 2, (method, b)
         assert len({c.size for c in cfgs if c.method == method}) >= 2
     assert {c.drop_rate for c in cfgs if c.method == "vatt"} >= {0.0, 0.5}
+    # The DINO arm is DINO+KoLeo at every point; plain DINO runs once at the largest batch as the
+    # reference the report shows beside it (the two are separate arms in the analysis).
+    koleo = [c for c in nano if c.method == "dino" and c.dino.koleo_weight > 0]
+    assert all(len({c.seed for c in koleo if c.global_batch == b}) >= 2 for b in batches)
+    plain = [c for c in cfgs if c.method == "dino" and c.dino.koleo_weight == 0]
+    assert [(c.size, c.global_batch) for c in plain] == [("nano", max(batches))]

@@ -1,8 +1,10 @@
 """A short run (the `scaling demo` configs) learns the class: the k-NN top-1 of the trained backbone
-clearly beats the same backbone at random init. VATT's loss falls too. Plain video DINO does not beat
-random init on these clips within a CPU budget (README, "Known limitations"); with DINOv2's KoLeo
-term it does, which this pins. DINO's loss is not expected to fall from its first steps: the
-centre starts at zero, so the first teacher targets are nearly one-hot and easy to match."""
+clearly beats the same backbone at random init, and the loss ends below where it started. Plain
+video DINO does not beat random init on these clips within a CPU budget (README, "Known
+limitations"); with DINOv2's KoLeo term (the demo's "dino+koleo" arm) it does, which this pins.
+DINO's loss is not monotone: the centre starts at zero, so the first teacher targets are nearly
+one-hot and easy to match, and the cross-entropy then rises with the teacher's entropy; so for it
+the last loss is compared with the first step's, and its KoLeo part must fall."""
 import json
 from pathlib import Path
 
@@ -24,4 +26,7 @@ def test_a_short_run_learns_the_class_beyond_random_init(tmp_path, method, overr
     assert summary["end_reason"] == "completed"
     if method == "vatt":
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    else:
+        koleo = [m["train/loss_koleo"] for m in read_metrics(run_dir) if "train/loss_koleo" in m]
+        assert losses[-1] < losses[0] and koleo[-1] < koleo[0] - 0.5, (losses, koleo)
     assert summary["final"]["knn_top1"] >= summary["random_init"]["knn_top1"] + 15, summary
