@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from scaling.config import ConfigError, RunConfig
 from scaling.train import rundir as rd
+from scaling.train.launch import cpu_share
 from slurm.cluster import FINAL_STATES, check_fits, job_states
 from slurm.profile import Profile, ProfileError, Resources
 
@@ -223,8 +224,7 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
             job.threads = res.cpus_per_task
         elif launcher == "local":  # every task of every job running at once shares this machine's cores
             # (a sweep tops up one trial at a time while others still run: `parallelism` is what runs at once)
-            at_once = res.tasks_per_node * (parallelism or len(runs))
-            job.threads = max(1, (os.cpu_count() or 1) // at_once)
+            job.threads = cpu_share(res.tasks_per_node * (parallelism or len(runs)))
         return job
 
     if len(runs) == 1 or launcher == "debug":

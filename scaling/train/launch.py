@@ -35,17 +35,31 @@ def run_worker(run_dir: Path) -> None:
     train(RunConfig.load(run_dir / rd.CONFIG), run_dir)
 
 
+def cpu_share(ways: int) -> int:
+    """CPU threads for each of `ways` processes that run at once on this machine (at least 1): the
+    cores this process may use, split evenly. Ranks that each take every core run many times slower
+    on a CPU than ranks that split them."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, ways))
+
+
 def launch_local(cfg: RunConfig, run_dir: Path, nproc: int) -> int:
-    """Run `nproc` ranks as child processes of this one; returns the first non-zero exit code."""
+    """Run `nproc` ranks as child processes of this one; returns the first non-zero exit code.
+    Each rank gets its share of the cores (OMP_NUM_THREADS), unless the caller set OMP_NUM_THREADS."""
     from scaling.train.engine import free_port
     from scaling.train.rundir import prepare
 
     prepare(cfg, run_dir, with_environment=False)
     port = str(free_port())
+    threads = os.environ.get("OMP_NUM_THREADS") or str(cpu_share(nproc))
     procs = []
     for rank in range(nproc):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "OMP_NUM_THREADS": threads}
         procs.append(subprocess.Popen([sys.executable, "-m", "scaling.train.launch", str(run_dir)], env=env))
 
     def stop_all(*_args) -> None:

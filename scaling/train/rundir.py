@@ -114,7 +114,8 @@ def environment() -> dict[str, Any]:
         "python": sys.version.split()[0], "torch": torch.__version__, "deepspeed": deepspeed.__version__,
         "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "hostname": socket.gethostname(), "git_commit": git_commit(), "argv": sys.argv,
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "torch_threads": torch.get_num_threads(),  # per rank; ranks on one CPU machine split its cores
     }
 
 

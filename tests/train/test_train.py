@@ -1,10 +1,12 @@
 """`scaling train` on real DeepSpeed engines: ZeRO 0-3, 1 and 2 ranks, the full run directory."""
 import json
+import os
 
 import pytest
 import yaml
 
 from clitools import read_metrics, run_cli
+from scaling.train.launch import cpu_share
 
 
 @pytest.mark.parametrize("method", ["vatt", "dino"])
@@ -23,6 +25,10 @@ def test_train_runs_end_to_end_at_every_zero_stage(tmp_path, tiny, method, stage
     assert ds["train_batch_size"] == 8 == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * nproc
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["world_size"] == nproc and cfg["zero_stage"] == stage
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["world_size"] == nproc
+    if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:  # local ranks split the cores, not each take all
+        assert env["torch_threads"] == cpu_share(nproc) == max(1, len(os.sched_getaffinity(0)) // nproc)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["end_reason"] == "completed" and summary["steps"] == 2 and summary["samples_seen"] == 16
     assert summary["total_flops"] == summary["flops_per_sample"] * 16
