@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.fits import FitError, FitWarning, fit_power
-from analysis.runs import LoadWarning, fittable
+from analysis.runs import LoadWarning, baseline_column, finite, fittable
 
 GROUP = ["method", "size", "drop_rate"]
 
@@ -145,13 +145,13 @@ def random_init_gain(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.Dat
     """Does each arm learn? Per (method, size, drop rate, batch): the trained metric against the same
     backbone with random-init weights (same seeds, same protocol), and the gain in points with its
     95% CI over seeds. Only runs that measured their random-init baseline take part."""
-    base = metric.replace("final_", "random_init_", 1)
-    if base == metric or base not in df:
+    base = baseline_column(metric)
+    if base not in df:
         return pd.DataFrame()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadWarning)
         runs = fittable(df, metric)
-    runs = runs.loc[runs[base].map(lambda v: isinstance(v, (int, float)) and math.isfinite(v))]
+    runs = runs.loc[runs[base].map(finite)]
     rows = []
     for key, g in runs.groupby([*GROUP, "global_batch"], dropna=False):
         gain = g[metric].to_numpy(float) - g[base].to_numpy(float)

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.runs import baseline_column
+
 COLORS = {"vatt": "#1f77b4", "dino": "#d62728", "dino+koleo": "#9467bd", "koleo": "#8c564b"}
 
 
@@ -46,8 +48,8 @@ def batch_sensitivity_plot(table: pd.DataFrame, metric_label: str, out: Path, ru
         if runs is not None and metric:
             seeds = runs.loc[(runs["method"] == method) & (runs["size"] == size) & (runs["drop_rate"] == drop)]
             axes[0].scatter(seeds["global_batch"], seeds[metric], color=color, s=10, alpha=0.5)
-    baseline = metric.replace("final_", "random_init_", 1) if metric else None
-    if runs is not None and baseline in runs and baseline != metric:
+    baseline = baseline_column(metric) if metric else None
+    if runs is not None and baseline in runs:
         # The bar every arm must clear: the same backbone with random-init weights (mean over seeds).
         base_values = pd.to_numeric(runs[baseline], errors="coerce")
         for size, base in base_values.groupby(runs["size"]).mean().dropna().items():

@@ -44,7 +44,13 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _finite(value: Any) -> bool:
+def baseline_column(metric: str) -> str | None:
+    """The column holding `metric` measured on the random-init backbone (final_X -> random_init_X),
+    or None for a metric without a baseline."""
+    return metric.replace("final_", "random_init_", 1) if metric and metric.startswith("final_") else None
+
+
+def finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -91,7 +97,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         row[f"final_{m}"] = final.get(m)
     baseline = summary.get("random_init", {}) or {}
     for m in ("knn_top1", "linear_top1"):
-        row[f"random_init_{m}"] = baseline.get(m)
+        row[baseline_column(f"final_{m}")] = baseline.get(m)
     curves = read_metrics(run_dir)
     if not curves.empty:
         if "train/loss" in curves:
@@ -178,7 +184,7 @@ def fittable(df: pd.DataFrame, column: str) -> pd.DataFrame:
     if column not in df.columns:
         warnings.warn(f"no column {column!r} in the runs (nothing to fit)", LoadWarning, stacklevel=2)
         return df.iloc[0:0]
-    ok = (df["state"] == "complete") & df[column].map(_finite)
+    ok = (df["state"] == "complete") & df[column].map(finite)
     left = df.loc[~ok]
     for _, r in left.iterrows():
         why = r["end_reason"] if r["state"] != "complete" else f"{column} is missing or not finite"

@@ -229,7 +229,10 @@ def _demo_summary(out: Path) -> None:
     fits = json.loads((out / "fits.json").read_text())
     print("\nbatch sensitivity (k-NN top-1 %, mean ± half the 95% CI over seeds):")
     print((out / "batch_sensitivity.md").read_text().split("\n\n")[2])
-    gain = pd.read_csv(out / "random_init.csv") if (out / "random_init.csv").stat().st_size > 1 else pd.DataFrame()
+    def table(name: str) -> pd.DataFrame:  # an empty analysis table is written as an (almost) empty file
+        return pd.read_csv(out / name) if (out / name).stat().st_size > 1 else pd.DataFrame()
+
+    gain = table("random_init.csv")
     if not gain.empty:
         print("learning vs the random-init backbone (k-NN top-1 %, at each arm's largest batch):")
         for _, r in gain.loc[gain.groupby(["method", "size", "drop_rate"], dropna=False)["global_batch"].idxmax()].iterrows():
@@ -246,7 +249,7 @@ def _demo_summary(out: Path) -> None:
                   f"(95% CI {lo:.3f} to {hi:.3f}; {fit['n_points']} runs)" + (f"; caution: {caveat}" if caveat else ""))
         elif name.endswith(":params"):
             print(f"scaling exponent {name.split(':')[0]}: not fitted ({fit.get('skipped', 'no fit')})")
-    drop = pd.read_csv(out / "droptoken.csv") if (out / "droptoken.csv").stat().st_size > 1 else pd.DataFrame()
+    drop = table("droptoken.csv")
     for _, r in drop.loc[drop["drop_rate"] > 0].iterrows() if not drop.empty else []:
         same = drop.loc[(drop["drop_rate"] == 0) & (drop["size"] == r["size"]) & (drop["global_batch"] == r["global_batch"])]
         if same.empty:

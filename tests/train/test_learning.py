@@ -22,11 +22,12 @@ def test_a_short_run_learns_the_class_beyond_random_init(tmp_path, method, overr
     run_cli("train", "--config", str(CONFIGS / f"demo_{method}.yaml"), *overrides, "--run-dir", str(run_dir),
             timeout=1200)
     summary = json.loads((run_dir / "summary.json").read_text())
-    losses = [m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m]
+    metrics = read_metrics(run_dir)
+    losses = [m["train/loss"] for m in metrics if "train/loss" in m]
     assert summary["end_reason"] == "completed"
     if method == "vatt":
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     else:
-        koleo = [m["train/loss_koleo"] for m in read_metrics(run_dir) if "train/loss_koleo" in m]
+        koleo = [m["train/loss_koleo"] for m in metrics if "train/loss_koleo" in m]
         assert losses[-1] < losses[0] and koleo[-1] < koleo[0] - 0.5, (losses, koleo)
     assert summary["final"]["knn_top1"] >= summary["random_init"]["knn_top1"] + 15, summary
