@@ -63,6 +63,11 @@ def _positive(name: str, value: Any, *, integer: bool = True, allow_zero: bool =
         raise ConfigError(name, f"got {value!r}; must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"got {value!r}; must be true or false")
+
+
 def _in_range(name: str, value: Any, lo: float, hi: float, *, hi_open: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"got {value!r}; must be a number")
@@ -166,6 +171,7 @@ class DINOConfig:
     koleo_weight: float = 0.0          # DINOv2's KoLeo spreading term on the student's global CLS (0: off, as DINO)
     distill_weight: float = 1.0        # weight of DINO's self-distillation loss (0, an ablation: KoLeo alone)
     patch_size: int = 16               # image input only
+    fp32_last_layer: bool = True       # the head's 65536-way last layer in fp32 under bf16/fp16 (the T=0.04 softmax)
 
     def validate(self) -> None:
         _choice("dino.input", self.input, ("video", "image"))
@@ -192,6 +198,7 @@ class DINOConfig:
             raise ConfigError("dino.distill_weight", "got 0 with dino.koleo_weight=0: nothing would be trained; "
                                                      "one of the two must be > 0")
         _choice("dino.patch_size", self.patch_size, (8, 16))
+        _flag("dino.fp32_last_layer", self.fp32_last_layer)
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,7 @@ class RunConfig:
     weight_decay_end: float | None = None
     clip_grad: float | None = None     # global-norm clip (0: off)
     drop_path: float = 0.1             # stochastic depth at the last block
+    activation_checkpointing: bool = False  # recompute each transformer block in the backward (memory for ~1/3 more FLOPs)
     seed: int = 0
     zero_stage: int = 0
     offload: bool = False              # ZeRO-3 only: optimizer + params on CPU
@@ -285,6 +293,7 @@ class RunConfig:
         _positive("weight_decay_end", self.weight_decay_end, integer=False, allow_zero=True)
         _positive("clip_grad", self.clip_grad, integer=False, allow_zero=True)
         _in_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
+        _flag("activation_checkpointing", self.activation_checkpointing)
         _positive("seed", self.seed, allow_zero=True)
         _choice("zero_stage", self.zero_stage, ZERO_STAGES)
         if self.offload and self.zero_stage != 3:

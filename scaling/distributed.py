@@ -1,7 +1,13 @@
-"""One-run layer: the few collective operations the models and losses need, differentiable,
-and working on any backend (gloo on CPU, NCCL on GPU) or with no process group at all.
+"""One-run layer: every tensor collective of the suite (nothing else calls torch.distributed's
+collectives), on the device the backend serves: CUDA under NCCL, the CPU under gloo.
+
+Differentiable gathers and sums for the losses, the control-flow agreements of the training loop
+(one flag, rank 0's value), tensor gathers for evaluation, and the device ordinal of a rank.
 """
 from __future__ import annotations
+
+import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -20,6 +26,95 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def local_device_index() -> int:
+    """This rank's GPU ordinal: LOCAL_RANK modulo the GPUs it can see. Sites that show each task
+    only its own GPU (CUDA_VISIBLE_DEVICES narrowed per task) leave every rank one ordinal, 0."""
+    count = torch.cuda.device_count()
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(count, 1)
+
+
+def collective_device() -> torch.device:
+    """Where this process group's collectives must find their tensors.
+
+    A backend string names one backend for all devices ("gloo", "nccl") or one per device type
+    ("cpu:gloo,cuda:nccl"). A group that serves the CPU takes CPU tensors (no device round trip for
+    a flag); a CUDA-only group (NCCL) takes tensors on this rank's GPU.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return torch.device("cpu")
+    name = str(dist.get_backend()).lower()
+    served = {part.split(":", 1)[0] for part in name.split(",")} if ":" in name else \
+        ({"cuda"} if name == "nccl" else {"cpu", "cuda"} if name == "gloo" else {"cuda"})
+    if "cpu" in served:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _on_collective_device(x: torch.Tensor) -> torch.Tensor:
+    return x.to(collective_device(), non_blocking=True)
+
+
+def all_true(flag: bool | torch.Tensor) -> bool:
+    """Whether `flag` holds on every rank: the one host read a training loop needs to take the same
+    branch on all ranks. A device tensor flag is reduced where it lives, then read once."""
+    t = flag if isinstance(flag, torch.Tensor) else torch.tensor(bool(flag))
+    t = t.reshape(1).to(torch.int32)
+    if is_distributed():
+        t = _on_collective_device(t)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def from_rank0(value: float | None) -> float | None:
+    """Rank 0's value on every rank (None stays None), so all ranks take the same collective path."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([math.nan if value is None else float(value)], dtype=torch.float64,
+                     device=collective_device())
+    dist.broadcast(t, src=0)
+    out = float(t.item())
+    return None if math.isnan(out) else out
+
+
+def all_reduce_(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place sum (or "min"/"max") of x over ranks; x stays where it is (copied to the collective
+    device and back when the backend does not serve x's device)."""
+    if not is_distributed():
+        return x
+    reduce_op = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
+    device = collective_device()
+    if x.device == device:
+        dist.all_reduce(x, op=reduce_op)
+        return x
+    t = x.to(device)
+    dist.all_reduce(t, op=reduce_op)
+    return x.copy_(t)
+
+
+def _gather_single(out: torch.Tensor, x: torch.Tensor) -> None:
+    # torch now names all_gather_into_tensor all_gather_single (and deprecates the old name).
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x)
+
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """x from every rank concatenated along dim 0 in rank order, without gradient. Every rank must
+    pass the same shape (evaluation pads its shards to equal length for this)."""
+    if not is_distributed():
+        return x
+    device = collective_device()
+    local = x.detach().contiguous().to(device)
+    out = torch.empty((world_size() * local.shape[0], *local.shape[1:]), dtype=local.dtype, device=device)
+    _gather_single(out, local)
+    return out.to(x.device)
+
+
+def barrier() -> None:
+    """Every rank waits for the others (a no-op without a process group). NCCL's barrier runs on
+    the current device, which `init_distributed` sets before the first one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 class _GatherWithLocalGrad(torch.autograd.Function):
     """All-gather along dim 0; the backward sums the gradient over ranks and keeps the local slice.
 
@@ -31,14 +126,11 @@ class _GatherWithLocalGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.rank, ctx.n = rank(), x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
+        return all_gather_cat(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
+        grad = all_reduce_(grad.contiguous().clone())
         return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
 
 
@@ -52,15 +144,11 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
+        return all_reduce_(x.contiguous().clone())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)
-        return grad
+        return all_reduce_(grad.contiguous().clone())
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,8 @@ def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
 # evaluated (weights come from `seed`, the architecture, and the data geometry).
 TRAINING_ONLY = ("global_batch", "micro_batch", "steps", "samples", "lr", "lr_scaling", "lr_ref_batch",
                  "weight_decay", "weight_decay_end", "clip_grad", "warmup_fraction", "min_lr", "drop_rate",
-                 "drop_path", "zero_stage", "offload", "world_size", "checkpoint_every", "log_every")
+                 "drop_path", "zero_stage", "offload", "world_size", "checkpoint_every", "log_every",
+                 "activation_checkpointing")
 
 
 def random_init_cache(cfg, folder: Path) -> Path:
