@@ -44,7 +44,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     states = mem["model_states_bytes"]
     print(f"memory/GPU (ZeRO-{mem['zero_stage']}, {mem['precision']}): params {human(states['params'], 'B')}, "
           f"grads {human(states['grads'], 'B')}, optimizer {human(states['optimizer'], 'B')}, "
-          f"activations ~{human(mem['activations_bytes'], 'B')}; total ~{human(mem['total_bytes'], 'B')}")
+          f"activations ~{human(mem['activations_bytes'], 'B')}; total ~{human(mem['total_bytes'], 'B')}"
+          + (" (activation checkpointing)" if mem["activation_checkpointing"] else ""))
     return 0
 
 

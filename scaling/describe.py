@@ -1,5 +1,6 @@
 """One-run layer: the cost of a RunConfig without training it: parameters by part, analytic
-FLOPs per sample (DropToken and multi-crop counted), tokens, batch arithmetic, memory per GPU.
+FLOPs per sample (DropToken and multi-crop counted; model FLOPs, and hardware FLOPs with activation
+checkpointing's recompute), tokens, batch arithmetic, memory per GPU.
 """
 from __future__ import annotations
 
@@ -56,9 +57,10 @@ def _vatt_costs(cfg: RunConfig) -> dict[str, Any]:
     tok_v = linear_flops(nv, VOXEL_DIM, sv.width)
     tok_a = linear_flops(na, AUDIO_PATCH, sa.width)
     tok_t = linear_flops(nt * k, v.word_dim, st.width)
-    video = _train(tok_v + transformer_flops(sv, nv), tok_v)
-    audio = _train(tok_a + transformer_flops(sa, na), tok_a)
-    text = _train(tok_t + k * transformer_flops(st, nt), tok_t)
+    blocks_v, blocks_a, blocks_t = transformer_flops(sv, nv), transformer_flops(sa, na), k * transformer_flops(st, nt)
+    video = _train(tok_v + blocks_v, tok_v)
+    audio = _train(tok_a + blocks_a, tok_a)
+    text = _train(tok_t + blocks_t, tok_t)
     heads = _train(linear_flops(1, sv.width, v.va_dim) + linear_flops(1, v.va_dim, v.va_dim)
                    + linear_flops(1, sa.width, v.va_dim) + linear_flops(1, v.va_dim, v.vt_dim)
                    + linear_flops(k, st.width, v.vt_dim))
@@ -69,6 +71,9 @@ def _vatt_costs(cfg: RunConfig) -> dict[str, Any]:
         "tokens": {"video": nv, "audio": na, "text": nt * k,
                    "video_full": nv_full, "audio_full": na_full},
         "eval_flops_per_sample": tok_v + transformer_flops(sv, nv_full),
+        "block_forward_flops": blocks_v + blocks_a + blocks_t,
+        # (tokens, width, layers) of each transformer call; the K captions run as one batch.
+        "encoders": [(nv, sv.width, sv.layers), (na, sa.width, sa.layers), (nt * k, st.width, st.layers)],
     }
 
 
@@ -89,7 +94,8 @@ def _dino_costs(cfg: RunConfig) -> dict[str, Any]:
     tok = lambda n: linear_flops(n, patch_dim, s.width)  # noqa: E731
     head = (linear_flops(1, s.width, c.hidden_dim) + linear_flops(1, c.hidden_dim, c.hidden_dim)
             + linear_flops(1, c.hidden_dim, c.bottleneck_dim) + linear_flops(1, c.bottleneck_dim, c.out_dim))
-    student_fwd = 2 * (tok(sg) + transformer_flops(s, sg)) + c.local_crops * (tok(sl) + transformer_flops(s, sl))
+    student_blocks = 2 * transformer_flops(s, sg) + c.local_crops * transformer_flops(s, sl)
+    student_fwd = 2 * tok(sg) + c.local_crops * tok(sl) + student_blocks
     student = _train(student_fwd, 2 * tok(sg) + c.local_crops * tok(sl))
     student_head = _train((2 + c.local_crops) * head)
     teacher = 2 * (tok(n_global) + transformer_flops(s, n_global) + head)
@@ -99,6 +105,10 @@ def _dino_costs(cfg: RunConfig) -> dict[str, Any]:
                    "crops": 2 + c.local_crops, "student_total": 2 * sg + c.local_crops * sl},
         "crops": geo,
         "eval_flops_per_sample": tok(n_global) + transformer_flops(s, n_global),
+        # Only the student's blocks are recomputed: the teacher runs under no_grad.
+        "block_forward_flops": student_blocks,
+        # The student runs its backbone once per resolution: both globals together, then the locals.
+        "encoders": [(2 * sg, s.width, s.layers), (c.local_crops * sl, s.width, s.layers)],
     }
 
 
@@ -169,11 +179,28 @@ def model_state_bytes(trainable: int, frozen: int, stage: int, world: int, preci
     return out
 
 
-def activation_bytes(cfg: RunConfig, token_layers: float, precision: str) -> float:
-    """Rough activation memory of one micro-batch: ~17 saved values per token, width unit and layer
-    (Korthikanti et al. 2022, with fused attention removing the n^2 term)."""
+# Values the backward keeps per token, width unit and layer (Korthikanti et al. 2022, with fused
+# attention removing the n^2 term).
+SAVED_PER_LAYER = 17
+
+
+def activation_bytes(cfg: RunConfig, encoders: list[tuple[int, int, int]], precision: str) -> float:
+    """Rough activation memory of one micro-batch; encoders: (tokens per sample, width, layers) of
+    each transformer call of a step.
+
+    Without checkpointing every layer keeps its ~17 values per token and width unit until the
+    backward reaches it. With activation checkpointing each block keeps only its input (1 value
+    instead of 17 per layer), and the backward recomputes one block at a time, whose full ~17 values
+    live only until that block's gradients are done: add one layer of the largest call (the most
+    tokens x width). The embeddings, final norm and heads outside the blocks are small either way.
+    """
     elem = 2 if precision in ("bf16", "fp16") else 4
-    return 17 * elem * cfg.micro_batch * token_layers
+    token_layers = sum(n * d * layers for n, d, layers in encoders)
+    if not cfg.activation_checkpointing:
+        return SAVED_PER_LAYER * elem * cfg.micro_batch * token_layers
+    kept = elem * cfg.micro_batch * token_layers
+    recomputed = SAVED_PER_LAYER * elem * cfg.micro_batch * max(n * d for n, d, _ in encoders)
+    return kept + recomputed
 
 
 def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
@@ -181,18 +208,13 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
     params = count_params(cfg)
     flops = costs["flops"]
     per_sample = sum(flops.values())
+    # Model FLOPs (what MFU and the analysis count) stay per_sample; with activation checkpointing
+    # the hardware also runs the blocks' forward once more in the backward: x 4 instead of x 3.
+    hardware = per_sample + (costs["block_forward_flops"] if cfg.activation_checkpointing else 0)
     precision = resolved_precision(cfg, device)
     states = model_state_bytes(params["trainable"], params["frozen"], cfg.zero_stage, cfg.world_size,
                                precision, cfg.offload)
-    s = SIZES[cfg.size]
-    if cfg.method == "vatt":
-        t = costs["tokens"]
-        sv, sa, st = s, SIZES[cfg.vatt.audio_size or cfg.size], SIZES[cfg.vatt.text_size or cfg.size]
-        token_layers = (t["video"] * sv.layers * sv.width + t["audio"] * sa.layers * sa.width
-                        + t["text"] * st.layers * st.width)
-    else:
-        token_layers = costs["tokens"]["student_total"] * s.layers * s.width
-    activations = activation_bytes(cfg, token_layers, precision)
+    activations = activation_bytes(cfg, costs["encoders"], precision)
     batch = {"global_batch": cfg.global_batch, "micro_batch": cfg.micro_batch,
              "accumulation": cfg.accumulation, "world_size": cfg.world_size,
              "formula": f"{cfg.micro_batch} x {cfg.accumulation} x {cfg.world_size} = {cfg.global_batch}"}
@@ -205,6 +227,7 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
         "params": params,
         "flops_per_sample": per_sample,
         "flops_per_sample_by_part": flops,
+        "hardware_flops_per_sample": hardware,
         "eval_flops_per_sample": costs["eval_flops_per_sample"],
         "flops_per_step": per_sample * cfg.global_batch,
         "total_flops": per_sample * cfg.total_samples,
@@ -214,6 +237,7 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
         "batch": batch,
         "memory_per_gpu": {
             "precision": precision, "zero_stage": cfg.zero_stage, "offload": cfg.offload,
+            "activation_checkpointing": cfg.activation_checkpointing,
             "model_states_bytes": states, "activations_bytes": activations,
             "total_bytes": states["total"] + activations,
         },

@@ -54,15 +54,22 @@ def _on_collective_device(x: torch.Tensor) -> torch.Tensor:
     return x.to(collective_device(), non_blocking=True)
 
 
-def all_true(flag: bool | torch.Tensor) -> bool:
-    """Whether `flag` holds on every rank: the one host read a training loop needs to take the same
-    branch on all ranks. A device tensor flag is reduced where it lives, then read once."""
-    t = flag if isinstance(flag, torch.Tensor) else torch.tensor(bool(flag))
-    t = t.reshape(1).to(torch.int32)
+def all_agree(*flags: bool | torch.Tensor) -> tuple[bool, ...]:
+    """Whether each flag holds on every rank, in one reduction and one host read: what a training
+    loop needs to take the same branches on all ranks. Device tensor flags are combined where they
+    live (a Python bool joins them as a device fill, not a copy)."""
+    device = next((f.device for f in flags if isinstance(f, torch.Tensor)), torch.device("cpu"))
+    t = torch.stack([f.reshape(()).to(torch.int32) if isinstance(f, torch.Tensor)
+                     else torch.full((), int(bool(f)), dtype=torch.int32, device=device) for f in flags])
     if is_distributed():
         t = _on_collective_device(t)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
+
+
+def all_true(flag: bool | torch.Tensor) -> bool:
+    """Whether `flag` holds on every rank (see `all_agree`)."""
+    return all_agree(flag)[0]
 
 
 def from_rank0(value: float | None) -> float | None:

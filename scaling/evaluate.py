@@ -1,19 +1,21 @@
 """One-run layer: the evaluation protocol shared by both methods: frozen backbone features of whole
 clips (the teacher's for DINO), weighted k-NN, a linear probe and, for VATT, video-text retrieval.
 
-In a distributed run every rank embeds its shard (all ranks must run the forward under ZeRO-3) and
-the features are gathered; without a process group it runs in one process.
+In a distributed run every rank embeds its padded shard (all ranks must run the forward under
+ZeRO-3) and the features are gathered as tensors (scaling.distributed); without a process group it
+runs in one process. Features stay on the model's device: the k-NN and retrieval run there (fp32),
+the linear probe copies them to the CPU.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from scaling.data.loader import build_dataset, collate_batch
+from scaling import distributed
 from scaling.eval.knn import knn_accuracy
 from scaling.eval.linear import linear_probe_accuracy
 from scaling.objectives import eval_input, param_dtype, unwrap
@@ -28,39 +30,60 @@ def _shard(n: int, rank: int, world: int) -> list[int]:
     return idx + [idx[-1] if idx else 0] * (per_rank - len(idx))
 
 
+def _eval_loader(cfg, dataset, rank: int, world: int) -> DataLoader:
+    """This rank's padded shard of `dataset` in EVAL_BATCH batches, read by `data.num_workers`
+    worker processes into pinned memory (where there is a GPU to copy to)."""
+    return DataLoader(
+        dataset, batch_size=EVAL_BATCH, sampler=_shard(len(dataset), rank, world), collate_fn=collate_batch,
+        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+        # A loader draws its base seed from its generator, or else from the global torch RNG,
+        # which evaluation must leave as it found it.
+        generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _to_device(batch: dict, keys, device: torch.device) -> dict:
+    """The batch with `keys`' tensors copied to `device` asynchronously (from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if k in keys and isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
 @torch.no_grad()
 def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
-    """Backbone features, labels (and VATT's video/text embeddings) of a whole data set, on every rank."""
+    """Backbone features, labels, clip indices (and VATT's video/text embeddings) of a whole data
+    set, on every rank, in index order, on the module's device.
+
+    Every rank embeds its padded shard (the same number of rows on each), the rows are gathered as
+    tensors, and the padding's repeats are dropped."""
     module = unwrap(engine)
     device = next(module.parameters()).device
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    loader = DataLoader(dataset, batch_size=EVAL_BATCH, sampler=_shard(len(dataset), rank, world),
-                        collate_fn=collate_batch)
+    loader = _eval_loader(cfg, dataset, distributed.rank(), distributed.world_size())
+    keys = {"video", "image", "label", "index"} | ({"text"} if cfg.method == "vatt" else set())
     was_training = module.training
     module.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     try:
         for batch in loader:
+            batch = _to_device(batch, keys, device)
             x = eval_input(cfg, batch, device).to(param_dtype(module))  # a bf16 engine's module is bf16
-            out = {"feats": objective.encode(engine, x).float().cpu(), "labels": batch["label"].cpu(),
-                   "index": torch.as_tensor(batch["index"]).cpu()}
+            feats = objective.encode(engine, x)  # the video encoder's one pass over this batch
+            out = {"feats": feats.float(), "labels": batch["label"],
+                   "index": torch.as_tensor(batch["index"], device=device)}
             if cfg.method == "vatt":
-                v, t = module.video_text_embeddings(x, batch["text"].to(device))
-                out.update(video_vt=v.float().cpu(), text_vt=t.float().cpu())
+                v, t = module.video_text_embeddings_from(feats, batch["text"])
+                out.update(video_vt=v.float(), text_vt=t.float())
             for k, v in out.items():
                 parts.setdefault(k, []).append(v)
     finally:
         module.train(was_training)
-    local = {k: torch.cat(v) for k, v in parts.items()}
-    if world > 1:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, local)
-        local = {k: torch.cat([g[k] for g in gathered]) for k in local}
+    # Equal shards: every rank gathers the same shapes, rank order.
+    local = {k: distributed.all_gather_cat(torch.cat(v)) for k, v in parts.items()}
     # Padding repeated some rows: keep each clip once, in index order.
-    order = torch.argsort(local["index"], stable=True)
-    keep = torch.ones(len(order), dtype=torch.bool)
-    keep[1:] = local["index"][order][1:] != local["index"][order][:-1]
-    return {k: v[order][keep] for k, v in local.items()}
+    index = local["index"]
+    order = torch.argsort(index, stable=True)
+    keep = torch.ones(len(order), dtype=torch.bool, device=index.device)
+    keep[1:] = index[order][1:] != index[order][:-1]
+    rows = order[keep]
+    return {k: v[rows] for k, v in local.items()}
 
 
 def retrieval_metrics(video: torch.Tensor, text: torch.Tensor) -> dict[str, float]:

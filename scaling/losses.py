@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from scaling.distributed import gather_with_grad, is_distributed
+from scaling.distributed import all_reduce_, gather_with_grad
 
 
 def nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
@@ -39,8 +38,8 @@ def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) ->
     y = gather_with_grad(F.normalize(y, dim=-1))
     n = x.shape[0]
     sim = torch.einsum("id,jkd->ijk", x, y) / temperature        # (N, N, K)
-    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
-    positives = sim[eye]                                           # (N, K)
+    # The diagonal as a view: boolean-mask indexing would read the mask's count back to the host.
+    positives = torch.diagonal(sim, dim1=0, dim2=1).t()            # (N, K)
     x_to_y = torch.logsumexp(sim.reshape(n, n * k), dim=1) - torch.logsumexp(positives, dim=1)
     # y -> x: bag i's captions against every video j; sim[j, i, k] laid out as [i, (k, j)].
     y_to_x = torch.logsumexp(sim.permute(1, 2, 0).reshape(n, k * n), dim=1) - torch.logsumexp(positives, dim=1)
@@ -89,7 +88,7 @@ class DINOLoss(nn.Module):
         self.nepochs = nepochs
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("_staged_sum", torch.zeros(1, out_dim), persistent=False)
-        self.register_buffer("_staged_count", torch.zeros(()), persistent=False)
+        self._staged_rows = 0  # on the host: whether anything is staged needs no device read
 
     def teacher_temp_at(self, epoch: float) -> float:
         """Linear warm-up over warmup_teacher_temp_epochs (as DINO's linspace), then constant.
@@ -121,20 +120,19 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def stage_center(self, teacher_output: torch.Tensor) -> None:
         self._staged_sum += teacher_output.detach().float().sum(dim=0, keepdim=True)
-        self._staged_count += teacher_output.shape[0]
+        self._staged_rows += teacher_output.shape[0]
 
     @torch.no_grad()
     def update_center(self) -> None:
         """center <- m * center + (1 - m) * mean teacher output over all staged rows of all ranks."""
-        if float(self._staged_count) == 0:
+        if self._staged_rows == 0:
             return
-        total = torch.cat([self._staged_sum.flatten(), self._staged_count.reshape(1)])
-        if is_distributed():
-            dist.all_reduce(total)
+        count = self._staged_sum.new_full((1,), float(self._staged_rows))  # a device fill, not a copy
+        total = all_reduce_(torch.cat([self._staged_sum.flatten(), count]))
         batch_center = (total[:-1] / total[-1]).reshape(1, -1).to(self.center.dtype)
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
         self._staged_sum.zero_()
-        self._staged_count.zero_()
+        self._staged_rows = 0
 
 
 def cosine_schedule(start: float, end: float, step: float, total: float, warmup: float = 0,

@@ -12,8 +12,13 @@ import torch
 from torch import nn
 
 from scaling.data.augment import MultiCrop, normalize
+from scaling.data.device import send
 from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
 from scaling.models import crop_geometry
+
+
+# A metric is a detached 0-d tensor on the model's device, or a plain number.
+Metric = torch.Tensor | float
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -28,10 +33,11 @@ def param_dtype(model: nn.Module) -> torch.dtype:
 
 
 def eval_input(cfg, batch: dict[str, torch.Tensor], device: torch.device | str) -> torch.Tensor:
-    """What evaluation feeds the backbone: every token of the whole clip (or image), normalised."""
+    """What evaluation feeds the backbone: every token of the whole clip (or image), normalised
+    (uint8 pixels become floats on the device)."""
     if "image" in batch:
-        return normalize(batch["image"].to(device))
-    video = batch["video"].to(device)
+        return normalize(send(batch["image"], device))
+    video = send(batch["video"], device)
     if cfg.method == "dino" and cfg.dino.input == "image":
         return normalize(video[:, :, video.shape[2] // 2])  # the middle frame
     return normalize(video)
@@ -52,10 +58,12 @@ class VATTObjective:
                                  p_blur=(0.0, 0.0, 0.0), p_solarize=(0.0, 0.0, 0.0))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Metric]]:
+        """The loss and its metrics. Metrics are detached device tensors (or plain numbers): the
+        loop reads them back only on logged steps, so a GPU never waits for them."""
         device, dtype = next(unwrap(model).parameters()).device, param_dtype(model)
-        video = self.augment(batch["video"].to(device), generator)[0].to(dtype)
-        out = model(video, batch["audio"].to(device, dtype), batch["text"].to(device))
+        video = self.augment(send(batch["video"], device), generator)[0].to(dtype)
+        out = model(video, send(batch["audio"], device).to(dtype), send(batch["text"], device))
         out = {k: v.float() for k, v in out.items()}
         t = self.cfg.vatt.temperature
         nce = nce_loss(out["video_va"], out["audio_va"], t)
@@ -64,8 +72,8 @@ class VATTObjective:
         with torch.no_grad():
             sim = nn.functional.normalize(out["video_va"], dim=-1) @ nn.functional.normalize(out["audio_va"], dim=-1).t()
             target = torch.arange(sim.shape[0], device=sim.device)
-            retrieval = (sim.argmax(dim=1) == target).float().mean().item() * 100
-        return loss, {"loss": loss.item(), "loss_nce": nce.item(), "loss_mil_nce": mil.item(),
+            retrieval = (sim.argmax(dim=1) == target).float().mean() * 100
+        return loss, {"loss": loss.detach(), "loss_nce": nce.detach(), "loss_mil_nce": mil.detach(),
                       "retrieval_va_top1": retrieval, "negatives_per_positive": self.negatives_per_positive}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
@@ -114,19 +122,22 @@ class DINOObjective:
 
     def _views(self, batch: dict[str, torch.Tensor], device, generator) -> torch.Tensor:
         if "image" in batch:
-            return batch["image"].to(device)
-        video = batch["video"].to(device)
+            return send(batch["image"], device)
+        video = send(batch["video"], device)
         if self.cfg.dino.input == "image":
-            # Image DINO on clips: one random frame per clip.
-            idx = torch.randint(video.shape[2], (video.shape[0],), generator=generator).to(device)
+            # Image DINO on clips: one random frame per clip, drawn where the generator lives.
+            where = generator.device if generator is not None else torch.device("cpu")
+            idx = send(torch.randint(video.shape[2], (video.shape[0],), generator=generator, device=where), device)
             return video[torch.arange(video.shape[0], device=device), :, idx]
         return video
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Metric]]:
+        """The loss and its metrics (detached device tensors or numbers, read on logged steps)."""
         module = unwrap(model)
         device = next(module.parameters()).device
-        self.loss_fn.to(device)
+        if self.loss_fn.center.device != device:
+            self.loss_fn.to(device)
         dtype = param_dtype(model)
         crops = [c.to(dtype) for c in self.multicrop(self._views(batch, device, generator), generator)]
         weight, distill = self.cfg.dino.koleo_weight, self.cfg.dino.distill_weight
@@ -141,14 +152,14 @@ class DINOObjective:
             # The first 2B rows are the global views (local crops of the same shape would follow).
             globals_ = outs[2].float()[: 2 * crops[0].shape[0]]
             koleo = sum(koleo_loss(f) for f in globals_.chunk(2)) / 2
-            extra = {"loss_koleo": koleo.item()}
+            extra = {"loss_koleo": koleo.detach()}
             loss = loss + weight * koleo
         if extra or distill != 1.0:
-            extra["loss_dino"] = dino.item()  # unweighted, so runs with different weights compare
-        return loss, {"loss": loss.item(), **extra, **self.collapse_signals(student_out, teacher_out, epoch)}
+            extra["loss_dino"] = dino.detach()  # unweighted, so runs with different weights compare
+        return loss, {"loss": loss.detach(), **extra, **self.collapse_signals(student_out, teacher_out, epoch)}
 
     @torch.no_grad()
-    def collapse_signals(self, student_out: torch.Tensor, teacher_out: torch.Tensor, epoch: float) -> dict[str, float]:
+    def collapse_signals(self, student_out: torch.Tensor, teacher_out: torch.Tensor, epoch: float) -> dict[str, Metric]:
         """What tells DINO collapse apart from learning: a teacher entropy near ln(out_dim) with a tiny
         KL means uniform collapse; an entropy near 0 means one-dimension collapse."""
         fn = self.loss_fn
@@ -156,9 +167,9 @@ class DINOObjective:
         teacher = torch.softmax((teacher_out - fn.center) / temp, dim=-1)
         student = torch.log_softmax(student_out[:teacher_out.shape[0]] / fn.student_temp, dim=-1)
         log_teacher = teacher.clamp_min(1e-12).log()
-        entropy = -(teacher * log_teacher).sum(-1).mean().item()
-        kl = (student.exp() * (student - log_teacher)).sum(-1).mean().item()  # KL(student || teacher), global views
-        return {"teacher_entropy": entropy, "kl_student_teacher": kl, "center_norm": fn.center.norm().item(),
+        entropy = -(teacher * log_teacher).sum(-1).mean()
+        kl = (student.exp() * (student - log_teacher)).sum(-1).mean()  # KL(student || teacher), global views
+        return {"teacher_entropy": entropy, "kl_student_teacher": kl, "center_norm": fn.center.norm(),
                 "log_out_dim": math.log(self.cfg.dino.out_dim), "teacher_temp": temp}
 
     def teacher_momentum(self, step: int) -> float:
@@ -191,5 +202,10 @@ class DINOObjective:
             unwrap(model).load_teacher_shadow(state["teacher_fp32"])
 
 
+OBJECTIVES = {"vatt": VATTObjective, "dino": DINOObjective}
+
+
 def build_objective(cfg, world_size: int = 1):
-    return (VATTObjective if cfg.method == "vatt" else DINOObjective)(cfg, world_size)
+    if cfg.method not in OBJECTIVES:
+        raise ValueError(f"method: no objective for {cfg.method!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[cfg.method](cfg, world_size)

@@ -125,3 +125,31 @@ def test_cli_rejects_a_bad_config_before_any_work():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "drop_rate: got 1.5; allowed range: [0.0, 1.0)" in proc.stderr
+
+
+def test_activation_checkpointing_lowers_the_memory_estimate_and_adds_the_recompute_flops():
+    base = ["steps=1", "method=vatt", "size=large", "global_batch=32", "micro_batch=32", "precision=bf16"]
+    off = describe(RunConfig.load(None, base), device="cuda")
+    on = describe(RunConfig.load(None, [*base, "activation_checkpointing=true"]), device="cuda")
+    m_off, m_on = off["memory_per_gpu"], on["memory_per_gpu"]
+    assert (m_off["activation_checkpointing"], m_on["activation_checkpointing"]) == (False, True)
+    assert m_on["model_states_bytes"] == m_off["model_states_bytes"]
+    assert m_on["activations_bytes"] < m_off["activations_bytes"] / 4
+    assert m_on["total_bytes"] < m_off["total_bytes"]
+    # Model FLOPs (what MFU divides by) do not change; the hardware does one more forward of the blocks.
+    assert on["flops_per_sample"] == off["flops_per_sample"]
+    assert off["hardware_flops_per_sample"] == off["flops_per_sample"]
+    assert off["flops_per_sample"] < on["hardware_flops_per_sample"] < 4 / 3 * off["flops_per_sample"] * 1.001
+
+
+def test_checkpointed_activations_are_one_value_per_layer_plus_one_block_being_recomputed():
+    from scaling.describe import activation_bytes
+
+    cfg = RunConfig.load(None, ["steps=1", "global_batch=2", "micro_batch=2", "activation_checkpointing=true"])
+    # two encoders: 10 tokens x width 8 x 3 layers, and 20 tokens x width 4 x 2 layers, in bf16
+    encoders = [(10, 8, 3), (20, 4, 2)]
+    kept = 2 * 2 * (10 * 8 * 3 + 20 * 4 * 2)
+    recomputed = 17 * 2 * 2 * max(10 * 8, 20 * 4)
+    assert activation_bytes(cfg, encoders, "bf16") == kept + recomputed
+    plain = RunConfig.load(None, ["steps=1", "global_batch=2", "micro_batch=2"])
+    assert activation_bytes(plain, encoders, "bf16") == 17 * 2 * 2 * (10 * 8 * 3 + 20 * 4 * 2)

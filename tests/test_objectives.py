@@ -12,6 +12,14 @@ SMALL = ["steps=10", "global_batch=8", "micro_batch=8", "data.train_size=64", "d
          "dino.hidden_dim=32", "dino.local_crops=2", "data.captions=2"]
 
 
+
+def _host(loss, metrics):
+    """The loss and its metrics as numbers: objectives keep metrics as device tensors, read by the
+    loop only on logged steps."""
+    assert all(isinstance(v, (torch.Tensor, int, float)) and not (isinstance(v, torch.Tensor) and v.requires_grad)
+               for v in metrics.values())
+    return loss, {k: float(v) for k, v in metrics.items()}
+
 def _batch(n=8):
     return SyntheticClips("train", 64, captions=2).__getitems__(list(range(n)))
 
@@ -21,7 +29,7 @@ def test_vatt_step_reports_loss_parts_retrieval_and_negatives():
     model, objective = build_model(cfg), build_objective(cfg)
     batch = _batch()
     batch["text"] = batch["text"] % 1000
-    loss, metrics = objective.loss(model, batch, step=0, generator=torch.Generator().manual_seed(0))
+    loss, metrics = _host(*objective.loss(model, batch, step=0, generator=torch.Generator().manual_seed(0)))
     loss.backward()
     assert metrics["loss"] == pytest.approx(metrics["loss_nce"] + metrics["loss_mil_nce"], rel=1e-6)
     assert metrics["negatives_per_positive"] == 7
@@ -37,7 +45,7 @@ def test_dino_teacher_and_centre_move_only_in_after_optimizer_step():
         for p in model.student.parameters():
             p.add_(0.01)
     for _ in range(2):  # two micro-batches of one optimizer step
-        loss, metrics = objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+        loss, metrics = _host(*objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0)))
         loss.backward()
     assert torch.equal(objective.loss_fn.center, torch.zeros_like(objective.loss_fn.center))
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters()))
@@ -56,12 +64,12 @@ def test_dino_with_koleo_adds_the_weighted_term_on_the_student_global_cls_featur
     cfg = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0", "dino.koleo_weight=0.5"])
     torch.manual_seed(0)
     model, objective = build_model(cfg), build_objective(cfg)
-    loss, metrics = objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+    loss, metrics = _host(*objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0)))
     assert metrics["loss"] == pytest.approx(metrics["loss_dino"] + 0.5 * metrics["loss_koleo"], rel=1e-5)
     # The DINO part is what plain DINO computes on the same crops.
     torch.manual_seed(0)
     plain_model, plain = build_model(plain_cfg), build_objective(plain_cfg)
-    plain_loss, plain_metrics = plain.loss(plain_model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+    plain_loss, plain_metrics = _host(*plain.loss(plain_model, _batch(), step=0, generator=torch.Generator().manual_seed(0)))
     assert "loss_koleo" not in plain_metrics
     assert metrics["loss_dino"] == pytest.approx(plain_metrics["loss"], rel=1e-5)
     # And by hand: KoLeo of the two global crops' student backbone features.
@@ -84,7 +92,7 @@ def test_dino_distill_weight_scales_the_self_distillation_part_only():
     for c in (cfg, ablation):
         torch.manual_seed(0)
         model, objective = build_model(c), build_objective(c)
-        loss, metrics = objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0))
+        loss, metrics = _host(*objective.loss(model, _batch(), step=0, generator=torch.Generator().manual_seed(0)))
         objective.after_optimizer_step(model, 0)
         results.append((loss, metrics, objective.loss_fn.center.clone()))
     (_, full, center), (loss, alone, center0) = results

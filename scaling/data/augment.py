@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from scaling.data.device import unit_float
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R 601-2 luma, the weights PIL's "L" mode and torchvision's rgb_to_grayscale use.
@@ -59,8 +61,9 @@ def _check_batch(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be (B, C, H, W) images or (B, C, T, H, W) videos, got {shape}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating tensor with values in [0, 1], got dtype {x.dtype}")
+    if not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise ValueError(f"x must be uint8 pixels (0..255) or a floating tensor with values in [0, 1], "
+                         f"got dtype {x.dtype}")
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -69,18 +72,30 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _channel_view(values: Sequence[float], x: torch.Tensor) -> torch.Tensor:
+# Mean/std per (device, dtype), made once: a fresh torch.tensor(..., device=cuda) per call is a
+# blocking host-to-device copy in every step.
+_CONSTANTS: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (str(x.device), x.dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = tuple(torch.tensor(v, dtype=x.dtype).to(x.device) for v in (IMAGENET_MEAN, IMAGENET_STD))
     shape = [1] * x.ndim
-    shape[1] = len(values)
-    return torch.tensor(values, dtype=x.dtype, device=x.device).view(shape)
+    shape[1] = 3
+    mean, std = _CONSTANTS[key]
+    return mean.view(shape), std.view(shape)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet mean/std normalisation of (B, 3, H, W) or (B, 3, T, H, W) values in [0, 1]."""
+    """ImageNet mean/std normalisation of (B, 3, H, W) or (B, 3, T, H, W) values in [0, 1] (floats)
+    or 0..255 (uint8, converted to float32 first, on x's device)."""
     _check_batch(x)
     if x.shape[1] != 3:
         raise ValueError(f"x must have 3 (RGB) channels in dim 1 to normalise, got {x.shape[1]}")
-    return (x - _channel_view(IMAGENET_MEAN, x)) / _channel_view(IMAGENET_STD, x)
+    x = unit_float(x)
+    mean, std = _mean_std(x)
+    return (x - mean) / std
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +252,8 @@ class MultiCrop:
             if t is not None and t > n_frames:
                 raise ValueError(f"{name}={t} exceeds the clip length T={n_frames}")
         # Frames of all clips side by side, so one roi_align call can crop any frame of any clip.
-        work = x.to(_work_dtype(x.dtype))
+        out_dtype = x.dtype if x.is_floating_point() else torch.float32
+        work = unit_float(x).to(_work_dtype(out_dtype))
         frames = work.transpose(1, 2).flatten(0, 1).contiguous() if video else work.contiguous()
         g1, g2, pl = self.p_blur
         s1, s2, sl = self.p_solarize
@@ -249,7 +265,7 @@ class MultiCrop:
                                  self.local_frames, [pl] * n, [sl] * n, generator)
         if not video:
             crops = [c.squeeze(2) for c in crops]
-        return [c.to(x.dtype).contiguous() for c in crops]
+        return [c.to(out_dtype).contiguous() for c in crops]
 
     # ------------------------------------------------------------------------ internals
     def _rand(self, *shape: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -257,7 +273,8 @@ class MultiCrop:
         # count, so a seed pins every crop regardless of where the batch lives; they are tiny, so
         # bookkeeping happens on the CPU and only the finished parameters move to the batch.
         device = generator.device if generator is not None else torch.device("cpu")
-        return torch.rand(*shape, generator=generator, device=device, dtype=torch.float64).cpu()
+        values = torch.rand(*shape, generator=generator, device=device, dtype=torch.float64)
+        return values if values.device.type == "cpu" else values.cpu()
 
     def _boxes(self, n: int, h: int, w: int, scale: tuple[float, float], gen) -> torch.Tensor:
         """Per-sample random-resized-crop boxes (x0, y0, x1, y1) in pixels, torchvision's rule."""
@@ -309,41 +326,45 @@ class MultiCrop:
         clip = torch.arange(n).remainder(b)
         frame_idx = (clip * n_frames + start).unsqueeze(1) + torch.arange(t).unsqueeze(0)  # (n, t)
         rois = torch.cat((frame_idx.reshape(-1, 1).to(torch.float64), boxes.repeat_interleave(t, dim=0)), dim=1)
-        # aligned=True puts pixel centres at +0.5 like F.interpolate(align_corners=False); the adaptive
-        # sampling ratio averages several samples per output pixel, which anti-aliases downscaling.
-        out = roi_align(frames, rois.to(device=device, dtype=dtype), output_size=size, spatial_scale=1.0,
-                        sampling_ratio=-1, aligned=True)
-        out = out.view(n, t, frames.shape[1], size, size)
 
-        # Masks live on the CPU, so picking the rows an op applies to never waits on the device;
-        # ops then touch only those rows (most ops fire on a minority of rows).
-        def on_rows(mask: torch.Tensor, fn) -> None:
+        # The plan: which rows each op touches and its per-row values, worked out on the CPU (so no
+        # choice waits on the device), then copied to the device in one transfer. Ops touch only
+        # their rows (most fire on a minority of rows).
+        staged = _Staged()
+        roi_slot = staged.add(rois)
+        plan: list[tuple] = []
+
+        def on_rows(kind: str, mask: torch.Tensor, *values: torch.Tensor) -> None:
             rows = mask.nonzero().squeeze(1)
             if rows.numel():
-                idx = rows.to(device)
-                out.index_copy_(0, idx, fn(out.index_select(0, idx), rows))
+                plan.append((kind, staged.add(rows), *(staged.add(v[rows]) for v in values)))
 
-        def param(values: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-            values = values if rows is None else values[rows]
-            return _per_sample(values.to(device=device, dtype=dtype))
-
-        on_rows(flip, lambda v, rows: v.flip(-1))
+        on_rows("flip", flip)
         if self.p_jitter > 0:
-            self._jitter(out, jitter, order, factors, hue, on_rows, param)
+            self._plan_jitter(jitter, order, factors, hue, on_rows, staged, plan)
         if self.p_gray > 0:
-            on_rows(gray, lambda v, rows: _gray(v).expand_as(v))
+            on_rows("gray", gray)
         if any(p > 0 for p in p_blur):
-            on_rows(blur, lambda v, rows: _blur(v, sigma[rows].to(device=device, dtype=dtype), self._blur_radius))
+            on_rows("blur", blur, sigma)
         if any(p > 0 for p in p_solarize):
-            on_rows(solar, lambda v, rows: torch.where(v >= self.solarize_threshold, 1.0 - v, v))
+            on_rows("solarize", solar)
+        dev = staged.send(device)
+
+        # aligned=True puts pixel centres at +0.5 like F.interpolate(align_corners=False); the adaptive
+        # sampling ratio averages several samples per output pixel, which anti-aliases downscaling.
+        out = roi_align(frames, dev[roi_slot].to(dtype), output_size=size, spatial_scale=1.0,
+                        sampling_ratio=-1, aligned=True)
+        out = out.view(n, t, frames.shape[1], size, size)
+        for kind, *slots in plan:
+            self._apply(out, kind, [dev[i] for i in slots], dtype)
         # (n, t, C, S, S) -> (n, C, t, S, S), the layout of the input videos.
         out = out.transpose(1, 2)
         if self.normalize:
             out = normalize(out)
         return list(out.split(b, dim=0))
 
-    def _jitter(self, x, on, order, factors, hue, on_rows, param) -> None:
-        """Brightness, contrast, saturation, hue in a per-sample random order, in place on rows where `on`."""
+    def _plan_jitter(self, on, order, factors, hue, on_rows, staged, plan) -> None:
+        """Brightness, contrast, saturation, hue in a per-sample random order, on rows where `on`."""
         for step in range(4):
             op = order[:, step]
             # Brightness, contrast and saturation are all blends f*x + (1-f)*target (target 0, the
@@ -351,13 +372,52 @@ class MultiCrop:
             # row does at this step; f = 1 leaves the row unchanged.
             blend = (op < 3) & on
             f = torch.where(blend, factors.gather(1, op.clamp(max=2).unsqueeze(1))[:, 0], 1.0)
-            if bool((f != 1.0).any()):
-                gray = _gray(x)
-                mean = gray.mean(dim=(1, 2, 3, 4), keepdim=True)  # per clip, so its frames stay consistent
-                target = torch.addcmul(param((1.0 - f) * (op == 1)) * mean, param((1.0 - f) * (op == 2)), gray)
-                x.copy_(torch.addcmul(target, param(f), x).clamp_(0.0, 1.0))
+            if bool((f != 1.0).any()):  # a CPU tensor: no device sync
+                plan.append(("blend", staged.add((1.0 - f) * (op == 1)), staged.add((1.0 - f) * (op == 2)),
+                             staged.add(f)))
             if self.hue > 0:
-                on_rows((op == 3) & on, lambda v, rows: _shift_hue(v, param(hue, rows)))
+                on_rows("hue", (op == 3) & on, hue)
+
+    def _apply(self, out: torch.Tensor, kind: str, args: list[torch.Tensor], dtype: torch.dtype) -> None:
+        """One planned op, in place on `out` (n, t, C, S, S); args are its staged device tensors."""
+        if kind == "blend":
+            to_mean, to_gray, f = (_per_sample(a.to(dtype)) for a in args)
+            gray = _gray(out)
+            mean = gray.mean(dim=(1, 2, 3, 4), keepdim=True)  # per clip, so its frames stay consistent
+            target = torch.addcmul(to_mean * mean, to_gray, gray)
+            out.copy_(torch.addcmul(target, f, out).clamp_(0.0, 1.0))
+            return
+        idx, *values = args
+        idx = idx.long()
+        v = out.index_select(0, idx)
+        if kind == "flip":
+            v = v.flip(-1)
+        elif kind == "hue":
+            v = _shift_hue(v, _per_sample(values[0].to(dtype)))
+        elif kind == "gray":
+            v = _gray(v).expand_as(v)
+        elif kind == "blur":
+            v = _blur(v, values[0].to(dtype), self._blur_radius)
+        elif kind == "solarize":
+            v = torch.where(v >= self.solarize_threshold, 1.0 - v, v)
+        out.index_copy_(0, idx, v)
+
+
+class _Staged:
+    """CPU tensors bound for the batch's device, sent in one (pinned, non-blocking) copy."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, t: torch.Tensor) -> int:
+        self.parts.append(t.to(torch.float64))  # exact for every index and parameter used here
+        return len(self.parts) - 1
+
+    def send(self, device: torch.device) -> list[torch.Tensor]:
+        if device.type == "cpu":
+            return self.parts
+        flat = torch.cat([p.reshape(-1) for p in self.parts]).pin_memory().to(device, non_blocking=True)
+        return [chunk.view(p.shape) for chunk, p in zip(flat.split([p.numel() for p in self.parts]), self.parts)]
 
 
 def measure_throughput(multicrop: MultiCrop, batch: torch.Tensor, seconds: float = 2.0) -> float:

@@ -89,7 +89,13 @@ class VATT(nn.Module):
 
     def video_text_embeddings(self, video: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Video and first-caption embeddings in the video-text space, for retrieval evaluation."""
-        video_vt = self.heads.va_to_vt(self.heads.video_to_va(self.video(video)))
+        return self.video_text_embeddings_from(self.video(video), text)
+
+    def video_text_embeddings_from(self, video_feature: torch.Tensor,
+                                   text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`video_text_embeddings` from the pooled video feature that `encode_video` returned, so
+        evaluation runs the video encoder once per batch for both its probes and retrieval."""
+        video_vt = self.heads.va_to_vt(self.heads.video_to_va(video_feature))
         return video_vt, self.heads.text_to_vt(self.text(text[:, 0]))
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:

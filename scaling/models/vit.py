@@ -7,6 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -95,7 +96,12 @@ class Transformer(nn.Module):
     Input: tokens (B, N, D) already embedded (with positions). forward: (B, 1 + N, D) after the
     norm, index 0 being the pooled feature; pool: that feature alone (B, D), computed without the
     last block's work for the other tokens (whose outputs nothing downstream reads).
+
+    activation_checkpointing (set by `build_model` from the RunConfig): in training with grad
+    enabled, each block keeps only its input and recomputes its activations in the backward.
     """
+
+    activation_checkpointing: bool = False
 
     def __init__(self, depth: int, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
         super().__init__()
@@ -111,14 +117,28 @@ class Transformer(nn.Module):
     def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
         """(B, 1 + N, D) after the final norm; pooled: only the CLS row, (B, 1, D)."""
         last = len(self.blocks) - 1
+        # Eval and no_grad (the DINO teacher, evaluation) save no activations: nothing to recompute.
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, cls_only=pooled and i == last)
+            cls_only = pooled and i == last
+            if recompute:
+                # Per block, so the backward holds one block's activations at a time. The block
+                # module itself is the function, so its forward hooks (and its submodules', where
+                # ZeRO-3 gathers parameters) run again in the recompute. preserve_rng_state (the
+                # default) stashes the CPU RNG and that of x's device and replays them, so DropPath
+                # draws the same masks in the recompute, and restores them after, so the RNG
+                # stream continues as without checkpointing.
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, cls_only=cls_only, use_reentrant=False)
+            else:
+                x = block(x, mask, cls_only=cls_only)
         return self.norm(x)
 
     def _with_cls(self, tokens: torch.Tensor, pad: torch.Tensor | None):
         cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         mask = None
-        if pad is not None and bool(pad.any()):
+        # Always mask when a pad is given, even if nothing is padded (an all-True mask attends as no
+        # mask does): testing pad.any() on the host would make a GPU wait for that read every step.
+        if pad is not None:
             keep = torch.cat([pad.new_ones(pad.shape[0], 1), ~pad], dim=1)
             mask = keep[:, None, None, :]
         return torch.cat([cls, tokens], dim=1), mask

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from scaling.distributed import all_true, barrier
 from scaling.train.rundir import write_json
 
 MANIFEST = "COMPLETE.json"
@@ -74,7 +75,7 @@ class Checkpoints:
         torch.save(rng_state(generator), self.root / tag / f"rng_rank{rank}.pt")
         if rank_state:
             torch.save(rank_state, self.root / tag / f"state_rank{rank}.pt")
-        dist.barrier()
+        barrier()
         if rank == 0:
             files = {str(p.relative_to(self.root / tag)): {
                 "size": p.stat().st_size, **({"sha256": _sha256(p)} if p.stat().st_size <= HASH_LIMIT else {})}
@@ -82,7 +83,7 @@ class Checkpoints:
             write_json(self.root / tag / MANIFEST, {"step": step, "world_size": dist.get_world_size(), "files": files})
             for old in self.complete()[self.keep:]:
                 shutil.rmtree(self.root / _tag(old), ignore_errors=True)
-        dist.barrier()
+        barrier()
 
     def complete(self) -> list[int]:
         """Steps of folders with a manifest, newest first."""
@@ -122,9 +123,7 @@ class Checkpoints:
         """
         for step in self.complete():
             reason = self.problem(step)
-            ok = torch.tensor([0 if reason else 1])
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # all ranks take the same decision
-            if not int(ok):
+            if not all_true(reason is None):  # all ranks take the same decision
                 if dist.get_rank() == 0:
                     self.log(f"skipping checkpoint {_tag(step)}: {reason or 'damaged on another rank'}")
                 continue

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import warnings
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from scaling.describe import resolved_precision
+from scaling.distributed import local_device_index
 from scaling.optim import make_optimizer
 
 # DeepSpeed calls torch.distributed APIs that torch marks deprecated; that is not the user's concern.
@@ -45,9 +47,13 @@ def build_ds_config(cfg, world_size: int, device: str | None = None) -> dict[str
     """
     if world_size != cfg.world_size:
         raise ValueError(f"world_size: the RunConfig says {cfg.world_size} but {world_size} ranks are running")
-    stage = "zero3_offload" if cfg.offload else f"zero{cfg.zero_stage}"
     precision = resolved_precision(cfg, device or device_kind())
+    stage = "zero3_offload" if cfg.offload else f"zero{engine_zero_stage(cfg.zero_stage, precision)}"
     ds = _merge(_template(stage), _template(precision))
+    if precision == "bf16":
+        # Gradients accumulate in fp32 (over micro-steps and the data-parallel reduction); at stage
+        # 1 this selects DeepSpeed's BF16_Optimizer, with flat fp32 master weights.
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     ds.update({
         "train_batch_size": cfg.micro_batch * cfg.accumulation * world_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
@@ -56,6 +62,18 @@ def build_ds_config(cfg, world_size: int, device: str | None = None) -> dict[str
         "gradient_clipping": float(cfg.clip_grad),
     })
     return ds
+
+
+def engine_zero_stage(zero_stage: int, precision: str) -> int:
+    """The ZeRO stage the DeepSpeed engine is built with.
+
+    Half precision at stage 0 is DeepSpeed's slowest path: it wraps a torch optimizer in
+    FP16_UnfusedOptimizer, whose overflow check reads every gradient tensor back to the host and
+    which copies the master weights parameter by parameter. Stage 1 gives the same maths (fp32
+    master weights, one global-norm clip) with flat fused buffers, and only partitions the
+    optimizer state, which saves memory and changes no result. fp32 at stage 0 stays stage 0.
+    """
+    return 1 if zero_stage == 0 and precision in ("bf16", "fp16") else zero_stage
 
 
 def init_distributed() -> tuple[int, int]:
@@ -70,10 +88,10 @@ def init_distributed() -> tuple[int, int]:
         os.environ.setdefault(key, default)
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(free_port())
+    if device_kind() == "cuda":
+        torch.cuda.set_device(local_device_index())  # NCCL binds each rank's communicator to it
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device_kind() == "cuda" else "gloo")
-    if device_kind() == "cuda":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
@@ -89,21 +107,27 @@ def build_engine(cfg, model: torch.nn.Module, ds_config: dict[str, Any]):
     """deepspeed.initialize with AdamW over our parameter groups (no decay on norms and biases)."""
     import deepspeed
 
+    if device_kind() == "cuda" and resolved_precision(cfg) == "fp32":
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls, as every GPU suite does
     optimizer = make_optimizer(cfg, model)
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    # DeepSpeed would pick the GPU ordinal LOCAL_RANK, which does not exist where each task sees
+    # only its own GPU; device_rank is the ordinal init_distributed set.
+    args = argparse.Namespace(device_rank=local_device_index()) if device_kind() == "cuda" else None
+    engine, optimizer, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer
 
 
-def grad_norm_before_step(engine) -> float | None:
-    """The global gradient norm, for engines that do not report one (ZeRO stage 0 in fp32).
+def grad_norm_before_step(engine) -> torch.Tensor | None:
+    """The global gradient norm, for engines that do not report one (ZeRO stage 0 in fp32), as a
+    0-d tensor on the gradients' device: nothing is read back to the host here.
 
     Called after the last backward of an optimizer step, when the gradients are already averaged
     over ranks and not yet applied. ZeRO optimizers measure it themselves (get_global_grad_norm).
     """
     if engine.zero_optimization_stage() > 0 or engine.bfloat16_enabled() or engine.fp16_enabled():
         return None
-    total = torch.zeros((), dtype=torch.float64)
-    for p in engine.module.parameters():
-        if p.grad is not None:
-            total += p.grad.detach().double().pow(2).sum().cpu()
-    return float(total.sqrt())
+    grads = [p.grad.detach() for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    norms = torch._foreach_norm(grads)  # one kernel per dtype/device group, not one per tensor
+    return torch.linalg.vector_norm(torch.stack(norms).double())

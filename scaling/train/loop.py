@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
 from scaling.config import ConfigError, RunConfig
+from scaling.data.device import Prefetcher
 from scaling.data.loader import build_dataset, build_loader
-from scaling.describe import describe
+from scaling.describe import describe, resolved_precision
+from scaling.distributed import all_agree, all_true, barrier, from_rank0
 from scaling.models import build_model
 from scaling.objectives import build_objective
 from scaling.optim import Schedules
@@ -32,17 +33,32 @@ class StopRun(Exception):
     """Raised inside the loop to end a run early with a reason (e.g. a pruned trial)."""
 
 
-def _all_true(flag: bool) -> bool:
-    t = torch.tensor([1 if flag else 0])
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(int(t))
+class StepMetrics:
+    """One optimizer step's metrics, kept where they were computed (device tensors, or numbers) and
+    averaged over its micro-batches; `read()` brings them to the host in one transfer."""
+
+    def __init__(self, accumulation: int):
+        self.accumulation = accumulation
+        self.values: dict[str, torch.Tensor | float] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float() / self.accumulation if isinstance(v, torch.Tensor) else v / self.accumulation
+            self.values[k] = self.values[k] + v if k in self.values else v
+
+    def read(self) -> dict[str, float]:
+        tensors = {k: v for k, v in self.values.items() if isinstance(v, torch.Tensor)}
+        out = {k: float(v) for k, v in self.values.items() if not isinstance(v, torch.Tensor)}
+        if tensors:
+            out.update(zip(tensors, torch.stack([v.reshape(()) for v in tensors.values()]).tolist()))
+        return out
 
 
-def _from_rank0(value: float | None) -> float | None:
-    """Rank 0's value on every rank (None stays None), so all ranks take the same collective path."""
-    t = torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
-    dist.broadcast(t, src=0)
-    return None if math.isnan(float(t)) else float(t)
+def _finite(x: torch.Tensor | float | None) -> torch.Tensor | bool:
+    """A device flag (no host read) that x is finite; None (nothing measured) counts as finite."""
+    if x is None:
+        return True
+    return torch.isfinite(x).all() if isinstance(x, torch.Tensor) else math.isfinite(x)
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict], None] | None = None,
@@ -59,11 +75,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     run_dir = Path(run_dir)
     rank, world = init_distributed()
     is_main = rank == 0
-    deadline = _from_rank0(deadline)
+    deadline = from_rank0(deadline)
     say = log if is_main else (lambda _msg: None)
     if is_main:
         rd.prepare(cfg, run_dir)
-    dist.barrier()
+    barrier()
     done = rd.read_summary(run_dir)
     if done.get("end_reason") == "completed" and done.get("steps", 0) >= cfg.total_steps:
         say(f"{run_dir} finished earlier; nothing to do")
@@ -108,10 +124,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
 
     info = describe(cfg, device_kind())
     tokens = sum(v for k, v in info["tokens"].items() if k in ("video", "audio", "text", "student_total"))
-    meter = Throughput(info["flops_per_sample"], cfg.global_batch, device_kind(), tokens, world)
-    stream = batches(start_step * cfg.accumulation)
+    meter = Throughput(info["flops_per_sample"], cfg.global_batch, device_kind(), tokens, world,
+                       resolved_precision(cfg, device_kind()))
+    stream = Prefetcher(batches(start_step * cfg.accumulation), engine.device)
     wall_start = time.time() - float(client.get("wall_s", 0.0))
     end_reason, last_metrics, eval_metrics = "completed", {}, dict(client.get("eval", {}))
+    pending = None  # the last step's metrics when that step was not logged (read for the summary)
 
     saved = [start_step]
 
@@ -126,7 +144,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     try:  # from here on, whatever happens ends in summary.json and a closed logger
         if cfg.eval.random_init and resumed is None:
             cached = rd.random_init_cache(cfg, baseline_cache) if baseline_cache else None
-            if _all_true(cached is not None and cached.is_file()):  # every rank sees it, or all evaluate
+            if all_true(cached is not None and cached.is_file()):  # every rank sees it, or all evaluate
                 baseline = json.loads(cached.read_text())
                 say(f"random-init evaluation from {cached}")
             else:
@@ -141,34 +159,37 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
         while step < cfg.total_steps:
             meter.start()
             scalars = schedules.apply(engine.optimizer, step)
-            sums: dict[str, float] = {}
-            measured = None
+            metrics, finite_loss, measured = StepMetrics(cfg.accumulation), True, None
             for _ in range(cfg.accumulation):
-                loss, metrics = objective.loss(engine, next(stream), step, generator)
-                if not _all_true(math.isfinite(loss.item())):
-                    end_reason = "nonfinite_loss"
-                    raise StopRun(f"the loss is not finite at step {step + 1}")
+                loss, micro = objective.loss(engine, next(stream), step, generator)
+                finite_loss = finite_loss & _finite(loss.detach())  # stays on the device
                 engine.backward(loss)
                 if engine.is_gradient_accumulation_boundary():
                     measured = grad_norm_before_step(engine)
                 engine.step()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v / cfg.accumulation
+                metrics.add(micro)
             grad_norm = engine.get_global_grad_norm()
-            grad_norm = measured if grad_norm is None else float(grad_norm)
-            # fp16 skips overflowing steps by itself; otherwise stop before any save of bad weights.
-            if cfg.precision != "fp16" and not _all_true(grad_norm is None or math.isfinite(grad_norm)):
-                end_reason = "nonfinite_grad"
-                raise StopRun(f"the gradient norm is not finite at step {step + 1}")
+            grad_norm = measured if grad_norm is None else grad_norm
+            # One host read per optimizer step, after it: a non-finite loss or gradient ends the run
+            # before anything of this step is saved (fp16 skips overflowing steps by itself).
+            # The same reduction carries rank 0's deadline, so a run under a time limit pays nothing more.
+            finite_grad = True if cfg.precision == "fp16" else _finite(grad_norm)
+            in_time = deadline is None or step + 1 >= cfg.total_steps or not (is_main and time.time() >= deadline)
+            ok_loss, ok_grad, in_time = all_agree(finite_loss, finite_grad, in_time)
+            if not (ok_loss and ok_grad):
+                end_reason = "nonfinite_loss" if not ok_loss else "nonfinite_grad"
+                what = "loss" if end_reason == "nonfinite_loss" else "gradient norm"
+                raise StopRun(f"the {what} is not finite at step {step + 1}")
             scalars.update(objective.after_optimizer_step(engine, step))
             step += 1
-            last_metrics = {**sums, **scalars, **meter.stop(step)}
             if grad_norm is not None:
-                last_metrics["grad_norm"] = grad_norm
+                metrics.values["grad_norm"] = grad_norm
+            pending = (metrics, scalars)
             if is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == start_step + 1):
+                last_metrics = {**metrics.read(), **scalars, **meter.stop()}
                 logger.log(step, last_metrics)
-            if deadline is not None and step < cfg.total_steps and \
-                    not _all_true(not (is_main and time.time() >= deadline)):  # rank 0's clock decides for all
+                pending = None
+            if not in_time:  # rank 0's clock decided for all
                 save(step)
                 end_reason = "deadline"
                 raise StopRun(f"the time limit is near: saved step {step} for the requeued job")
@@ -182,7 +203,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
                             on_eval(step, eval_metrics)
                         except StopRun as why:
                             stop = str(why)
-                if not _all_true(stop is None):  # rank 0 decided: every rank leaves the loop together
+                if not all_true(stop is None):  # rank 0 decided: every rank leaves the loop together
                     raise StopRun(stop or f"stopped by rank 0 at step {step}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
                 save(step)
@@ -202,6 +223,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
         raise
     finally:
         summary = None
+        if is_main and pending is not None and end_reason in ("completed", "stopped", "deadline"):
+            last_metrics = {**pending[0].read(), **pending[1]}
         if is_main:
             if logger and eval_metrics and end_reason == "completed":
                 logger.log(step, eval_metrics, prefix="eval")

@@ -244,8 +244,8 @@ def test_bad_constructor_arguments_raise_naming_the_argument(kwargs, match):
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="x must be"):
         MultiCrop(8, 4, 1)(torch.rand(3, 10, 10))
-    with pytest.raises(ValueError, match="floating"):
-        MultiCrop(8, 4, 1)(torch.zeros(1, 3, 10, 10, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8 pixels .* or a floating tensor"):
+        MultiCrop(8, 4, 1)(torch.zeros(1, 3, 10, 10, dtype=torch.int64))
     with pytest.raises(ValueError, match="global_frames=8 exceeds"):
         MultiCrop(8, 4, 1, global_frames=8)(torch.rand(1, 3, 4, 10, 10))
     with pytest.raises(ValueError, match="frames apply to videos"):
@@ -267,3 +267,14 @@ def test_cuda_batch_with_cpu_generator_matches_cpu_result():
     cpu, cuda = mc(x, gen()), mc(x.cuda(), gen())
     assert all(c.is_cuda for c in cuda)
     assert all(torch.allclose(a, b.cpu(), atol=1e-4) for a, b in zip(cpu, cuda))
+
+
+def test_uint8_pixels_give_the_crops_of_their_float_values():
+    """Decoders deliver uint8; the crops are those of x / 255, as floats, made on x's device."""
+    pixels = torch.randint(0, 256, (2, 3, 4, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    crop = MultiCrop(16, 8, 2, global_frames=4, local_frames=4)
+    from_uint8 = crop(pixels, torch.Generator().manual_seed(1))
+    from_float = crop(pixels.float() / 255, torch.Generator().manual_seed(1))
+    assert all(a.dtype == torch.float32 for a in from_uint8)
+    for a, b in zip(from_uint8, from_float):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

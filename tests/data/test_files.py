@@ -77,9 +77,8 @@ def test_manifest_clip_decodes_frames_at_fps_with_colours_shapes_and_ranges(medi
     manifest = write_manifest(media, [{"video": "with_audio.mp4", "captions": ["a red disk"], "label": 3}])
     clip = ManifestClips(manifest, frames=4, resolution=16, fps=5.0, audio_samples=1024)[0]
     assert set(clip) == {"video", "audio", "text", "label", "index"}
-    video = clip["video"]
-    assert video.shape == (3, 4, 16, 16) and video.dtype == torch.float32
-    assert 0.0 <= video.min() and video.max() <= 1.0
+    assert clip["video"].shape == (3, 4, 16, 16) and clip["video"].dtype == torch.uint8  # float on the device
+    video = clip["video"].float() / 255
     # At 5 fps from a 10 fps file the sampled frames are 0, 2, 4, 6.
     for t, k in enumerate([0, 2, 4, 6]):
         expected = torch.tensor(COLOURS[k], dtype=torch.float32) / 255
@@ -89,7 +88,7 @@ def test_manifest_clip_decodes_frames_at_fps_with_colours_shapes_and_ranges(medi
 
 def test_video_shorter_than_frames_over_fps_repeats_its_last_frame(media):
     manifest = write_manifest(media, [{"video": "with_audio.mp4", "captions": ["x"]}])
-    video = ManifestClips(manifest, frames=12, resolution=8, fps=10.0)[0]["video"]
+    video = ManifestClips(manifest, frames=12, resolution=8, fps=10.0)[0]["video"].float() / 255
     last = torch.tensor(COLOURS[-1], dtype=torch.float32) / 255
     for t in (9, 10, 11):
         assert (video[:, t] - last[:, None, None]).abs().max() < 6 / 255
@@ -189,12 +188,12 @@ def test_image_folder_labels_sorted_classes_and_centre_crops_the_short_side(tmp_
     assert data.classes == ["apple", "zebra"] and len(data) == 2
     sample = data[0]
     assert set(sample) == {"image", "label", "index"}
-    assert sample["image"].shape == (3, 10, 10) and sample["image"].dtype == torch.float32
+    assert sample["image"].shape == (3, 10, 10) and sample["image"].dtype == torch.uint8
     assert sample["label"] == 0 and sample["label"].dtype == torch.int64 and sample["index"] == 0
-    centre = sample["image"][:, :, 1:-1]
+    centre = sample["image"][:, :, 1:-1].float() / 255
     assert centre[1].min() > 0.9 and centre[0].max() < 0.1 and centre[2].max() < 0.1
     grey = data[1]
-    assert grey["label"] == 1 and (grey["image"] - 128 / 255).abs().max() < 4 / 255
+    assert grey["label"] == 1 and (grey["image"].float() / 255 - 128 / 255).abs().max() < 4 / 255
 
 
 def test_image_folder_errors_name_root_and_accepted_extensions(tmp_path):

@@ -19,7 +19,7 @@ def count_teacher(self, m):
     calls["teacher"] += 1
     update_teacher(self, m)
 def count_center(self):
-    calls["center"].append(int(self._staged_count))
+    calls["center"].append(self._staged_rows)
     update_center(self)
 def count_forward(self, *args):
     calls["micro"] += 1
