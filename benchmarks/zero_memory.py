@@ -250,6 +250,7 @@ def measure(precision: str, stage: int, overrides: list[str], world: int) -> dic
 def worker(scale: str, out_path: Path, precisions: list[str]) -> None:
     import torch
 
+    from scaling.distributed import barrier
     from scaling.train.engine import init_distributed
 
     torch.set_num_threads(1)
@@ -262,7 +263,7 @@ def worker(scale: str, out_path: Path, precisions: list[str]) -> None:
             results[f"{precision}/{stage}"]["seconds"] = time.perf_counter() - t0
             print(f"[zero_memory] rank {rank}: {precision} stage {stage}: {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr, flush=True)
-            torch.distributed.barrier()
+            barrier()
     tmp = out_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"rank": rank, "world": world, "results": results}))
     os.replace(tmp, out_path)

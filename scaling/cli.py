@@ -42,7 +42,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
           + (f", negatives/positive {info['batch']['negatives_per_positive']}" if "negatives_per_positive" in info["batch"] else ""))
     mem = info["memory_per_gpu"]
     states = mem["model_states_bytes"]
-    print(f"memory/GPU (ZeRO-{mem['zero_stage']}, {mem['precision']}): params {human(states['params'], 'B')}, "
+    stage = f"ZeRO-{mem['zero_stage']}" + (f", built as ZeRO-{mem['engine_zero_stage']}"
+                                            if mem["engine_zero_stage"] != mem["zero_stage"] else "")
+    print(f"memory/GPU ({stage}, {mem['precision']}): params {human(states['params'], 'B')}, "
           f"grads {human(states['grads'], 'B')}, optimizer {human(states['optimizer'], 'B')}, "
           f"activations ~{human(mem['activations_bytes'], 'B')}; total ~{human(mem['total_bytes'], 'B')}"
           + (" (activation checkpointing)" if mem["activation_checkpointing"] else ""))

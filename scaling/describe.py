@@ -154,6 +154,24 @@ def resolved_precision(cfg: RunConfig, device: str | None = None) -> str:
     return "bf16" if device == "cuda" else "fp32"
 
 
+def engine_zero_stage(zero_stage: int, precision: str) -> int:
+    """The ZeRO stage the DeepSpeed engine is built with.
+
+    Half precision at stage 0 is DeepSpeed's slowest path: it wraps a torch optimizer in
+    FP16_UnfusedOptimizer, whose overflow check reads every gradient tensor back to the host and
+    which copies the master weights parameter by parameter. Stage 1 gives the same maths (fp32
+    master weights, one global-norm clip) with flat fused buffers, and only partitions the
+    optimizer state, which saves memory and changes no result. fp32 at stage 0 stays stage 0.
+    """
+    return 1 if zero_stage == 0 and precision in ("bf16", "fp16") else zero_stage
+
+
+def fp32_grad_accumulation(engine_stage: int, precision: str) -> bool:
+    """Whether the engine accumulates bf16 gradients in fp32: at stage 1 (DeepSpeed's BF16_Optimizer,
+    which holds a full fp32 gradient buffer); ZeRO-2/3 keep their own partitioned buffers."""
+    return precision == "bf16" and engine_stage == 1
+
+
 def model_state_bytes(trainable: int, frozen: int, stage: int, world: int, precision: str,
                       offload: bool = False) -> dict[str, float]:
     """Per-rank bytes of parameters, gradients and optimizer state (ZeRO paper, Rajbhandari et al.).
@@ -164,12 +182,15 @@ def model_state_bytes(trainable: int, frozen: int, stage: int, world: int, preci
     optimizers keep an fp32 master partition of their own even of fp32 params (measured by
     `scaling bench zero_memory`).
     Stage 1 partitions the optimizer state, stage 2 also the gradients, stage 3 also the params.
+    `stage` is the engine's (`engine_zero_stage`); bf16 at stage 1 adds a whole fp32 gradient buffer.
     """
     half = precision in ("bf16", "fp16")
     p_bytes, g_bytes, k_bytes = (2, 2, 12) if half else (4, 4, 8 if stage == 0 else 12)
     n = max(world, 1)
     params = (trainable + frozen) * p_bytes / (n if stage >= 3 else 1)
     grads = trainable * g_bytes / (n if stage >= 2 else 1)
+    if fp32_grad_accumulation(stage, precision):
+        grads += trainable * 4  # BF16_Optimizer's fp32 accumulation buffer, whole on every rank
     optim = trainable * k_bytes / (n if stage >= 1 else 1)
     out = {"params": params, "grads": grads, "optimizer": optim}
     if offload:
@@ -212,7 +233,8 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
     # the hardware also runs the blocks' forward once more in the backward: x 4 instead of x 3.
     hardware = per_sample + (costs["block_forward_flops"] if cfg.activation_checkpointing else 0)
     precision = resolved_precision(cfg, device)
-    states = model_state_bytes(params["trainable"], params["frozen"], cfg.zero_stage, cfg.world_size,
+    stage = engine_zero_stage(cfg.zero_stage, precision)
+    states = model_state_bytes(params["trainable"], params["frozen"], stage, cfg.world_size,
                                precision, cfg.offload)
     activations = activation_bytes(cfg, costs["encoders"], precision)
     batch = {"global_batch": cfg.global_batch, "micro_batch": cfg.micro_batch,
@@ -236,7 +258,7 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
         "tokens": costs["tokens"],
         "batch": batch,
         "memory_per_gpu": {
-            "precision": precision, "zero_stage": cfg.zero_stage, "offload": cfg.offload,
+            "precision": precision, "zero_stage": cfg.zero_stage, "engine_zero_stage": stage, "offload": cfg.offload,
             "activation_checkpointing": cfg.activation_checkpointing,
             "model_states_bytes": states, "activations_bytes": activations,
             "total_bytes": states["total"] + activations,

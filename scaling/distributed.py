@@ -47,7 +47,7 @@ def collective_device() -> torch.device:
         ({"cuda"} if name == "nccl" else {"cpu", "cuda"} if name == "gloo" else {"cuda"})
     if "cpu" in served:
         return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", local_device_index())
 
 
 def _on_collective_device(x: torch.Tensor) -> torch.Tensor:

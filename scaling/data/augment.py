@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
@@ -372,7 +373,7 @@ class MultiCrop:
             # row does at this step; f = 1 leaves the row unchanged.
             blend = (op < 3) & on
             f = torch.where(blend, factors.gather(1, op.clamp(max=2).unsqueeze(1))[:, 0], 1.0)
-            if bool((f != 1.0).any()):  # a CPU tensor: no device sync
+            if np.any(f.numpy() != 1.0):  # host values (the generator's draws): no device read
                 plan.append(("blend", staged.add((1.0 - f) * (op == 1)), staged.add((1.0 - f) * (op == 2)),
                              staged.add(f)))
             if self.hue > 0:

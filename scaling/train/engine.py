@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from scaling.describe import resolved_precision
+from scaling.describe import engine_zero_stage, fp32_grad_accumulation, resolved_precision
 from scaling.distributed import local_device_index
 from scaling.optim import make_optimizer
 
@@ -48,11 +48,11 @@ def build_ds_config(cfg, world_size: int, device: str | None = None) -> dict[str
     if world_size != cfg.world_size:
         raise ValueError(f"world_size: the RunConfig says {cfg.world_size} but {world_size} ranks are running")
     precision = resolved_precision(cfg, device or device_kind())
-    stage = "zero3_offload" if cfg.offload else f"zero{engine_zero_stage(cfg.zero_stage, precision)}"
-    ds = _merge(_template(stage), _template(precision))
-    if precision == "bf16":
-        # Gradients accumulate in fp32 (over micro-steps and the data-parallel reduction); at stage
-        # 1 this selects DeepSpeed's BF16_Optimizer, with flat fp32 master weights.
+    stage = engine_zero_stage(cfg.zero_stage, precision)
+    ds = _merge(_template("zero3_offload" if cfg.offload else f"zero{stage}"), _template(precision))
+    if fp32_grad_accumulation(stage, precision):
+        # DeepSpeed's BF16_Optimizer: gradients accumulate in one flat fp32 buffer (over micro-steps
+        # and the data-parallel reduction), with flat fp32 master weights and fused updates.
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     ds.update({
         "train_batch_size": cfg.micro_batch * cfg.accumulation * world_size,
@@ -62,18 +62,6 @@ def build_ds_config(cfg, world_size: int, device: str | None = None) -> dict[str
         "gradient_clipping": float(cfg.clip_grad),
     })
     return ds
-
-
-def engine_zero_stage(zero_stage: int, precision: str) -> int:
-    """The ZeRO stage the DeepSpeed engine is built with.
-
-    Half precision at stage 0 is DeepSpeed's slowest path: it wraps a torch optimizer in
-    FP16_UnfusedOptimizer, whose overflow check reads every gradient tensor back to the host and
-    which copies the master weights parameter by parameter. Stage 1 gives the same maths (fp32
-    master weights, one global-norm clip) with flat fused buffers, and only partitions the
-    optimizer state, which saves memory and changes no result. fp32 at stage 0 stays stage 0.
-    """
-    return 1 if zero_stage == 0 and precision in ("bf16", "fp16") else zero_stage
 
 
 def init_distributed() -> tuple[int, int]:
