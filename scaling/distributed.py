@@ -98,20 +98,21 @@ def all_reduce_(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return x.copy_(t)
 
 
-def _gather_single(out: torch.Tensor, x: torch.Tensor) -> None:
+def _gather_single(out: torch.Tensor, x: torch.Tensor, group=None) -> None:
     # torch now names all_gather_into_tensor all_gather_single (and deprecates the old name).
-    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x)
+    (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, x, group=group)
 
 
-def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """x from every rank concatenated along dim 0 in rank order, without gradient. Every rank must
-    pass the same shape (evaluation pads its shards to equal length for this)."""
+def all_gather_cat(x: torch.Tensor, group=None) -> torch.Tensor:
+    """x from every rank (of `group`, default all) concatenated along dim 0 in rank order, without
+    gradient. Every rank must pass the same shape (evaluation pads its shards to equal length)."""
     if not is_distributed():
         return x
     device = collective_device()
     local = x.detach().contiguous().to(device)
-    out = torch.empty((world_size() * local.shape[0], *local.shape[1:]), dtype=local.dtype, device=device)
-    _gather_single(out, local)
+    n = dist.get_world_size(group=group)
+    out = torch.empty((n * local.shape[0], *local.shape[1:]), dtype=local.dtype, device=device)
+    _gather_single(out, local, group)
     return out.to(x.device)
 
 

@@ -9,12 +9,17 @@ from torch import nn
 from scaling.losses import cosine_schedule
 
 
-def param_groups(model: nn.Module) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
     """Trainable parameters in up to four groups: {decayed, not decayed} x {body, DINO last layer}.
 
     Biases and 1-D parameters (norms) get no weight decay (as DINO and timm). The DINO head's last
     layer has its own groups so it can be frozen through a zero learning rate: under ZeRO, setting
     `.grad = None` does not stop the update of a partitioned parameter.
+
+    Each group starts with its own weight decay (`weight_decay` for the decayed ones, 0 for the
+    others), not torch's default of 0.01 on every group: an optimizer step before the schedules'
+    first `apply` (DeepSpeed's stage-0 fp16/bf16 wrapper runs one at construction, with zero
+    gradients) would otherwise decay norms and biases.
     """
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
@@ -23,15 +28,19 @@ def param_groups(model: nn.Module) -> list[dict]:
         decay = not (name.endswith(".bias") or p.ndim == 1)
         last = "student.head.last_layer" in name
         groups.setdefault((decay, last), []).append(p)
-    return [{"params": params, "apply_decay": decay, "last_layer": last}
+    return [{"params": params, "apply_decay": decay, "last_layer": last,
+             "weight_decay": weight_decay if decay else 0.0}
             for (decay, last), params in sorted(groups.items())]
 
 
 def make_optimizer(cfg, model: nn.Module) -> torch.optim.AdamW:
     """The runs' AdamW over `param_groups`, fused on every device: on the CPU the fused kernel takes
     about a quarter of the per-tensor loop's time (`scaling bench droptoken` shows the step share).
-    The schedules set each group's lr and weight decay before every step."""
-    return torch.optim.AdamW(param_groups(model), lr=cfg.peak_lr, betas=(0.9, 0.999), fused=True)
+    The schedules set each group's lr and weight decay before every step; each group's weight
+    decay starts at its scheduled value of step 0, the lr at peak_lr (benchmarks step this
+    optimizer without the schedules)."""
+    groups = param_groups(model, weight_decay=Schedules(cfg).weight_decay(0))
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=(0.9, 0.999), weight_decay=0.0, fused=True)
 
 
 class Schedules:

@@ -43,6 +43,18 @@ def crop_geometry(cfg) -> dict[str, int]:
 
 def build_model(cfg) -> nn.Module:
     """The VATT or DINO module a RunConfig describes (weights freshly initialised from torch's RNG)."""
+    from scaling.models.vit import Transformer
+
+    model = _build(cfg)
+    # Every transformer: VATT's three (or its shared one), DINO's student and teacher backbones
+    # (the teacher runs under no_grad, where checkpointing is skipped anyway).
+    for module in model.modules():
+        if isinstance(module, Transformer):
+            module.activation_checkpointing = cfg.activation_checkpointing
+    return model
+
+
+def _build(cfg) -> nn.Module:
     from scaling.models.dino import DINO
     from scaling.models.vatt import VATT, video_encoder
     from scaling.models.vit import VisionTransformer
@@ -64,4 +76,5 @@ def build_model(cfg) -> nn.Module:
                                      depth=s.layers, heads=s.heads, mlp_ratio=s.mlp / s.width,
                                      drop_path=cfg.drop_path)
     return DINO(backbone, s.width, out_dim=c.out_dim, hidden_dim=c.hidden_dim,
-                bottleneck_dim=c.bottleneck_dim, norm_last_layer=c.norm_last_layer)
+                bottleneck_dim=c.bottleneck_dim, norm_last_layer=c.norm_last_layer,
+                fp32_last_layer=c.fp32_last_layer)

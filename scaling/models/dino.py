@@ -17,39 +17,53 @@ class WeightNormLinear(nn.Module):
 
     Computed inside forward (not in a hook), so ZeRO-3 gathers weight_g / weight_v like any other
     parameter. The names match the official DINO head (last_layer.weight_g, last_layer.weight_v).
+
+    With fp32 the normalisation and the matmul run in fp32 whatever the parameters' dtype, and the
+    output is fp32: under a bf16 engine (which casts the whole module) a bf16 logit in [-1, 1] is
+    resolved to ~0.004, i.e. ~0.1 after the teacher's temperature of 0.04. On fp32 parameters and
+    inputs the casts are no-ops: the output is the same, bit for bit.
     """
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, fp32: bool = True):
         super().__init__()
+        self.fp32 = fp32
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
         nn.init.trunc_normal_(self.weight_v, std=0.02)
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
+        g, v = self.weight_g, self.weight_v
+        if self.fp32:
+            x, g, v = x.float(), g.float(), v.float()
+        weight = g * v / v.norm(dim=1, keepdim=True)
         return F.linear(x, weight)
 
 
 class DINOHead(nn.Module):
     """3-layer MLP (GELU) to a bottleneck, L2 normalisation, then a weight-normed linear layer.
 
-    With norm_last_layer the weight-norm gain stays fixed at 1 (not trained), as in DINO.
+    With norm_last_layer the weight-norm gain stays fixed at 1 (not trained), as in DINO. With
+    fp32_last_layer the L2 normalisation and the last layer compute (and return) fp32 under 16-bit
+    parameters; the MLP stays in the parameters' dtype.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 norm_last_layer: bool = True):
+                 norm_last_layer: bool = True, fp32_last_layer: bool = True):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim))
         self.mlp.apply(init_weights)
-        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fp32=fp32_last_layer)
         if norm_last_layer:
             self.last_layer.weight_g.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+        z = self.mlp(x)
+        if self.last_layer.fp32:
+            z = z.float()  # the L2 normalisation too: its bf16 rounding is most of the logits' error
+        return self.last_layer(F.normalize(z, dim=-1, p=2))
 
 
 class MultiCropWrapper(nn.Module):
@@ -84,9 +98,9 @@ class DINO(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, width: int, *, out_dim: int = 65536, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, norm_last_layer: bool = True):
+                 bottleneck_dim: int = 256, norm_last_layer: bool = True, fp32_last_layer: bool = True):
         super().__init__()
-        head = DINOHead(width, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
+        head = DINOHead(width, out_dim, hidden_dim, bottleneck_dim, norm_last_layer, fp32_last_layer)
         self.student = MultiCropWrapper(backbone, head)
         # The teacher sees every token and no stochastic depth: a deep copy made before any
         # training, switched to eval mode for good.
@@ -119,23 +133,43 @@ class DINO(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- m * teacher + (1 - m) * student, parameter by parameter.
+        """teacher <- m * teacher + (1 - m) * student, with one foreach kernel per dtype group.
 
         Under ZeRO-3 each parameter is partitioned (`ds_tensor`); the teacher's parameters have the
         same shapes as the student's, hence the same partitioning, so each rank updates its own
         partition and nothing is gathered. With 16-bit parameters the average is kept in an fp32
         shadow: a 0.4% step of a bf16 value would round away.
+
+        The ops are `mul_(m)` then `add_(src, alpha=1 - m)`, as the per-parameter loop was: the same
+        rounding, bit for bit (`lerp_` computes dst + w * (src - dst), which rounds differently).
+        The tensor lists are re-read each call: ZeRO-3 and the engine's casting replace `.data`.
         """
+        fp32_dst, fp32_src, shadows, half_dst, half_src = [], [], [], [], []
         for i, (ps, pt) in enumerate(zip(self.student.parameters(), self.teacher.parameters())):
             src, dst = getattr(ps, "ds_tensor", ps.data), getattr(pt, "ds_tensor", pt.data)
             if dst.dtype == torch.float32:
-                dst.mul_(momentum).add_(src.to(torch.float32), alpha=1.0 - momentum)
+                fp32_dst.append(dst)
+                fp32_src.append(src.to(torch.float32))
                 continue
             shadow = self._teacher_fp32.get(i)
             if shadow is None or shadow.shape != dst.shape:
                 shadow = self._teacher_fp32[i] = dst.float()
-            shadow.mul_(momentum).add_(src.float(), alpha=1.0 - momentum)
-            dst.copy_(shadow)
+            shadows.append(shadow)
+            half_dst.append(dst)
+            half_src.append(src.float())
+        for dsts, srcs in ((fp32_dst, fp32_src), (shadows, half_src)):
+            if dsts:
+                torch._foreach_mul_(dsts, momentum)
+                torch._foreach_add_(dsts, srcs, alpha=1.0 - momentum)
+        if half_dst:
+            torch._foreach_copy_(half_dst, shadows)
+
+    def teacher_fp32_shadows(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(teacher parameter, this rank's fp32 shadow of it), for every shadowed parameter, in the
+        teacher's parameter order; under ZeRO-3 each shadow is laid out as the parameter's
+        `ds_tensor` partition. Empty in fp32 (the teacher's own values are exact)."""
+        teacher = list(self.teacher.parameters())
+        return [(teacher[i], self._teacher_fp32[i]) for i in sorted(self._teacher_fp32)]
 
     def teacher_shadow_state(self) -> dict[int, torch.Tensor]:
         """This rank's fp32 shadow of a 16-bit teacher (empty in fp32): per-rank checkpoint state.

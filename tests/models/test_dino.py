@@ -1,4 +1,6 @@
 """DINO: head, multi-crop wrapper, student/teacher pair, and video/image inputs from a RunConfig."""
+import copy
+
 import torch
 
 from scaling.config import RunConfig
@@ -75,3 +77,47 @@ def test_image_dino_runs_on_frames_with_a_patch_vit():
     student, teacher = model(crops)
     assert student.shape == (8, 32) and teacher.shape == (4, 32)
     assert model.encode(torch.rand(2, 3, 64, 64)).shape == (2, 128)
+
+
+def _reference_ema(student, teacher, shadow, momentum):
+    """The per-parameter EMA update_teacher ran before it used foreach ops (the pinned formula)."""
+    with torch.no_grad():
+        for i, (ps, pt) in enumerate(zip(student.parameters(), teacher.parameters())):
+            if pt.dtype == torch.float32:
+                pt.data.mul_(momentum).add_(ps.data.float(), alpha=1.0 - momentum)
+                continue
+            if i not in shadow:
+                shadow[i] = pt.data.float()
+            shadow[i].mul_(momentum).add_(ps.data.float(), alpha=1.0 - momentum)
+            pt.data.copy_(shadow[i])
+
+
+def _small_dino():
+    torch.manual_seed(0)
+    return DINO(video_encoder("nano", 8, 64), 128, out_dim=16, hidden_dim=32, bottleneck_dim=8)
+
+
+def test_foreach_teacher_ema_equals_the_per_parameter_update_bit_for_bit_in_fp32_and_bf16():
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _small_dino().to(dtype)
+        ref_student, ref_teacher = copy.deepcopy(model.student), copy.deepcopy(model.teacher)
+        ref_shadow: dict[int, torch.Tensor] = {}
+        for step, momentum in enumerate((0.9, 0.996, 0.9995)):
+            torch.manual_seed(step + 1)
+            with torch.no_grad():  # the student moves by an optimizer step's worth
+                for ps, rs in zip(model.student.parameters(), ref_student.parameters()):
+                    ps.add_(0.01 * torch.randn_like(ps))
+                    rs.copy_(ps)
+            model.update_teacher(momentum)
+            _reference_ema(ref_student, ref_teacher, ref_shadow, momentum)
+        for pt, rt in zip(model.teacher.parameters(), ref_teacher.parameters()):
+            assert pt.dtype == dtype and torch.equal(pt, rt)
+        if dtype == torch.float32:
+            assert model.teacher_shadow_state() == {}
+        else:
+            # the fp32 shadow, keyed by parameter index (the checkpoint format), is the reference's
+            state = model.teacher_shadow_state()
+            assert set(state) == set(ref_shadow) == set(range(len(list(model.teacher.parameters()))))
+            assert all(state[i].dtype == torch.float32 and torch.equal(state[i], ref_shadow[i]) for i in state)
+            # and it holds what the bf16 teacher rounds away
+            assert any(not torch.equal(state[i], pt.float()) for i, pt in enumerate(model.teacher.parameters()))
