@@ -25,3 +25,15 @@ def cluster():
             pytest.fail(reason)
         pytest.skip(reason)
     return True
+
+
+@pytest.fixture
+def process_group_env(monkeypatch):
+    """The torch.distributed environment of an in-process world of one, undone after the test: the
+    process group itself outlives the test, but no later subprocess inherits its MASTER_PORT (whose
+    store this process still holds) and fails to bind it."""
+    from scaling.train.engine import free_port
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": os.environ.get("MASTER_PORT") or str(free_port())}.items():
+        monkeypatch.setenv(key, value)

@@ -24,7 +24,7 @@ def test_half_precision_at_stage_0_is_built_as_stage_1(precision, stage, built, 
         assert ds["data_types"] == {"grad_accum_dtype": "fp32"}
 
 
-def test_bf16_at_stage_0_runs_on_deepspeeds_bf16_optimizer():
+def test_bf16_at_stage_0_runs_on_deepspeeds_bf16_optimizer(process_group_env):
     from scaling.models import build_model
     from scaling.train.engine import build_engine, init_distributed
 

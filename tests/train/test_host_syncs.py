@@ -107,7 +107,7 @@ def _run(tmp_path, name, steps, overrides, calls):
     ("dino", []),                              # DINO's default clip (3.0): DeepSpeed's clip runs
     ("dino", ["dino.input=image", "dino.patch_size=16", "data.resolution=32"]),
 ])
-def test_steady_state_steps_stay_within_the_host_sync_budget(tmp_path, counted, method, extra):
+def test_steady_state_steps_stay_within_the_host_sync_budget(tmp_path, process_group_env, counted, method, extra):
     overrides = [f"method={method}", "zero_stage=0", "precision=fp32", *extra]
     short = _run(tmp_path, "short", 3, overrides, counted)
     long = _run(tmp_path, "long", 7, overrides, counted)
