@@ -341,7 +341,7 @@ def _sum(cats: dict[str, int], prefix: str) -> int:
 
 
 def table(ranks: list[dict], precisions: list[str]) -> tuple[list[dict], list[str]]:
-    from scaling.describe import model_state_bytes
+    from scaling.describe import engine_zero_stage, model_state_bytes
 
     rows, buffers, persistent = [], [], []
     spread = (0.0, "")
@@ -350,8 +350,10 @@ def table(ranks: list[dict], precisions: list[str]) -> tuple[list[dict], list[st
             key = f"{precision}/{stage}"
             per_rank = [r["results"][key] for r in ranks]
             first = per_rank[0]
-            # The paper's formulas adapted to the precision, as `scaling describe` reports them.
-            formula = model_state_bytes(first["trainable"], first["frozen"], stage, len(ranks), precision)
+            # The paper's formulas adapted to the precision, as `scaling describe` reports them, at
+            # the stage the engine is built with (half precision at stage 0 runs stage 1).
+            formula = model_state_bytes(first["trainable"], first["frozen"], engine_zero_stage(stage, precision),
+                                        len(ranks), precision)
             measured = {
                 "params": [_sum(r["after_step"], "params") for r in per_rank],
                 "grads": [_sum(r["after_backward"][0], "grads") for r in per_rank],
@@ -399,8 +401,9 @@ def table(ranks: list[dict], precisions: list[str]) -> tuple[list[dict], list[st
         "averaged_gradients, whose tensors are views of it); it holds every whole parameter that overlaps "
         "the rank's partition, hence slightly more than 1/N. ZeRO-3: grad_partitions_flat_buffer, exactly "
         "1/N, allocated for the whole run. In bf16 the gradient partitions are bf16 (2 bytes), at every stage.",
-        "bf16 without ZeRO (stage 0) runs FP16_UnfusedOptimizer (DeepSpeed's DDP bf16 path): a whole fp32 "
-        "master copy on every rank, K = 12 unpartitioned, as in the paper's baseline.",
+        "bf16 at zero_stage 0 is built as stage 1 (DeepSpeed's BF16_Optimizer, not its per-tensor "
+        "FP16_UnfusedOptimizer): the optimizer state is partitioned as at stage 1, and gradients accumulate "
+        "in a whole fp32 buffer (fp32_groups_gradients_flat, 4 bytes per parameter) beside the bf16 p.grad.",
         "Not model states: the gradient buckets (ipg_buckets, reduce_bucket_size = 5e7 elements in the "
         "templates) held at the measured points: " + ("; ".join(buffers) or "none above 1 MiB") + ". During a "
         "reducing backward ZeRO-1/2 also fill such a bucket and free it at the backward's end "
