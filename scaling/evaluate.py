@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from scaling.data.loader import build_dataset, collate_batch
 from scaling import distributed
+from scaling.data.device import send_batch
+from scaling.data.loader import build_dataset, collate_batch
 from scaling.eval.knn import knn_accuracy
 from scaling.eval.linear import linear_probe_accuracy
 from scaling.objectives import eval_input, param_dtype, unwrap
@@ -41,12 +42,6 @@ def _eval_loader(cfg, dataset, rank: int, world: int) -> DataLoader:
         generator=torch.Generator().manual_seed(cfg.seed))
 
 
-def _to_device(batch: dict, keys, device: torch.device) -> dict:
-    """The batch with `keys`' tensors copied to `device` asynchronously (from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) if k in keys and isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
-
-
 @torch.no_grad()
 def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
     """Backbone features, labels, clip indices (and VATT's video/text embeddings) of a whole data
@@ -63,7 +58,7 @@ def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
     parts: dict[str, list[torch.Tensor]] = {}
     try:
         for batch in loader:
-            batch = _to_device(batch, keys, device)
+            batch = send_batch(batch, device, keys)  # asynchronous, from pinned memory
             x = eval_input(cfg, batch, device).to(param_dtype(module))  # a bf16 engine's module is bf16
             feats = objective.encode(engine, x)  # the video encoder's one pass over this batch
             out = {"feats": feats.float(), "labels": batch["label"],

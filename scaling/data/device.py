@@ -23,9 +23,10 @@ def send(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return x.to(device, non_blocking=True)
 
 
-def send_batch(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """Every tensor of a batch on `device` (see `send`); other values as they are."""
-    return {k: send(v, device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def send_batch(batch: Mapping[str, Any], device: torch.device | str, keys=None) -> dict[str, Any]:
+    """The batch's tensors (those under `keys`, if given) on `device` (see `send`); the rest as they are."""
+    return {k: send(v, device) if isinstance(v, torch.Tensor) and (keys is None or k in keys) else v
+            for k, v in batch.items()}
 
 
 def unit_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
