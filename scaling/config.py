@@ -19,7 +19,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt", "none")
 DATA_SOURCES = ("synthetic", "manifest", "images")
 ZERO_STAGES = (0, 1, 2, 3)
-CLIP_MODES = ("global", "none")
+CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
 
 
 class ConfigError(ValueError):
@@ -351,13 +351,6 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
         return _build(cls, raw, prefix="")
-
-    @classmethod
-    def from_yaml(cls, text: str) -> "RunConfig":
-        raw = yaml.safe_load(text) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError("config", f"the YAML must be a mapping of fields, got {type(raw).__name__}")
-        return cls.from_dict(raw)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "RunConfig":

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from scaling.config import ConfigError, RunConfig, load_named_yaml
+from scaling.config import CONFIGS, ConfigError, RunConfig, load_named_yaml
 
 SPEC_KEYS = ("name", "description", "base", "fixed", "per_method", "grid", "search", "trials", "objective",
              "pruner", "storage", "launcher", "retries", "dir", "seed", "estimate")
@@ -189,8 +189,6 @@ def _resolve_base(base: Any, spec_path: Path) -> str | None:
         return None
     if not isinstance(base, str):
         raise SpecError("base", f"must be a path to a RunConfig YAML, got {base!r}")
-    from scaling.cli import CONFIGS
-
     for candidate in (spec_path.parent / base, Path(base), CONFIGS / base, CONFIGS / f"{base}.yaml"):
         if candidate.is_file():
             return str(candidate.resolve())

@@ -228,10 +228,6 @@ class MultiCrop:
         # One fixed kernel width (3 sigma of the largest sigma) keeps shapes static across calls.
         self._blur_radius = max(1, math.ceil(3.0 * self.blur_sigma[1]))
 
-    @property
-    def n_crops(self) -> int:
-        return 2 + self.n_local
-
     def __repr__(self) -> str:
         return (f"MultiCrop(global_size={self.global_size}, local_size={self.local_size}, n_local={self.n_local}, "
                 f"global_frames={self.global_frames}, local_frames={self.local_frames})")
