@@ -13,7 +13,7 @@ QUIET := { grep -v 'is ignored' || true; }
 
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo clean
+.PHONY: install lint test demo clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test: $(STAMP)
 	rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	bash tests/services.sh down; \
 	exit $$rc
+
+# Lint with ruff (the rules are in pyproject.toml); `.ci/run` runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
 	$(VENV)/bin/scaling demo

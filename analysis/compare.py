@@ -17,7 +17,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.fits import FitError, FitWarning, fit_power
-from analysis.runs import LoadWarning, baseline_column, finite, fittable
+from analysis.runs import LoadWarning, baseline_column, fittable
+from scaling.schema import finite_number
 
 GROUP = ["method", "size", "drop_rate"]
 
@@ -47,7 +48,8 @@ def batch_sensitivity(df: pd.DataFrame, metric: str = "final_knn_top1") -> tuple
             lo, hi = _t_interval(values)
             rows.append({**dict(zip(GROUP, key)), "global_batch": int(batch), "mean": values.mean(), "seeds": values.size,
                          "ci_low": lo, "ci_high": hi,
-                         "negatives_per_positive": g["negatives_per_positive"].mean() if g["negatives_per_positive"].notna().any() else None,
+                         "negatives_per_positive": (g["negatives_per_positive"].mean()
+                                                    if g["negatives_per_positive"].notna().any() else None),
                          "micro_batch": g["micro_batch"].iloc[0], "samples_seen": g["samples_seen"].iloc[0],
                          "retained": values.mean() / largest if largest else math.nan})
         if group["global_batch"].nunique() >= 2:
@@ -106,7 +108,7 @@ def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: i
             if np.unique(x).size < 3:
                 out["warnings"].append(f"only {np.unique(x).size} distinct {axis} values for 3 parameters: "
                                        "the exponent is not identified (run more sizes)")
-            out["data"] = {"runs": int(len(g)), "x": axis, "y": f"100 - {metric}", "global_batch": int(batch),
+            out["data"] = {"runs": len(g), "x": axis, "y": f"100 - {metric}", "global_batch": int(batch),
                            "sizes": sorted(g["size"].dropna().unique().tolist())}
             out["warnings"] = sorted(set(out["warnings"]) | {str(w.message) for w in caught})
             fits[name] = out
@@ -151,7 +153,7 @@ def random_init_gain(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.Dat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadWarning)
         runs = fittable(df, metric)
-    runs = runs.loc[runs[base].map(finite)]
+    runs = runs.loc[runs[base].map(finite_number)]
     rows = []
     for key, g in runs.groupby([*GROUP, "global_batch"], dropna=False):
         gain = g[metric].to_numpy(float) - g[base].to_numpy(float)

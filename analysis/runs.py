@@ -7,13 +7,15 @@ rows a fit may use and says why the others are left out.
 from __future__ import annotations
 
 import json
-import math
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 import yaml
+
+from scaling import schema
 
 AXES = ("method", "size", "drop_rate", "global_batch", "micro_batch", "world_size", "seed", "lr", "zero_stage",
         "precision")
@@ -24,17 +26,10 @@ class LoadWarning(UserWarning):
     """A run was skipped or is not usable as is."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
-
-
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """A run's curves: metrics.jsonl as a table (one row per logged line; NaN where a key is absent)."""
     rows = []
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / schema.METRICS
     if path.is_file():
         for line in path.read_text().splitlines():
             try:
@@ -48,10 +43,6 @@ def baseline_column(metric: str) -> str | None:
     """The column holding `metric` measured on the random-init backbone (final_X -> random_init_X),
     or None for a metric without a baseline."""
     return metric.replace("final_", "random_init_", 1) if metric and metric.startswith("final_") else None
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def arm(cfg: dict[str, Any]) -> str | None:
@@ -69,8 +60,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: its axes, cost, final and best metrics, wall time and state.
 
     `method` is the run's arm (see `arm`): vatt, dino, dino+koleo or koleo."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    summary = _read_json(run_dir / "summary.json")
+    cfg = yaml.safe_load((run_dir / schema.CONFIG).read_text()) or {}
+    summary = schema.read_summary(run_dir)
     row: dict[str, Any] = {"run_dir": str(run_dir), "run": run_dir.name}
     for axis in AXES:
         row[axis] = cfg.get(axis)
@@ -80,22 +71,18 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     data = cfg.get("data", {}) or {}
     row.update({"data.source": data.get("source"), "data.resolution": data.get("resolution"),
                 "data.frames": data.get("frames"), "data.difficulty": data.get("difficulty")})
-    params = summary.get("params") or {}
+    params = summary.get(schema.PARAMS) or {}
     # The video backbone is what both methods share (VATT: video_backbone; DINO: the student backbone).
     row["params"] = params.get("video_backbone", params.get("backbone")) if isinstance(params, dict) else params
     row["params_trainable"] = params.get("trainable") if isinstance(params, dict) else None
-    row["flops_per_sample"] = summary.get("flops_per_sample")
-    row["total_flops"] = summary.get("total_flops")
-    row["samples_seen"] = summary.get("samples_seen")
-    row["steps"] = summary.get("steps")
-    row["planned_steps"] = summary.get("planned_steps")
-    row["wall_s"] = summary.get("wall_s")
-    row["negatives_per_positive"] = summary.get("negatives_per_positive")
-    final = summary.get("final", {}) or {}
+    for key in (schema.FLOPS_PER_SAMPLE, schema.TOTAL_FLOPS, schema.SAMPLES_SEEN, schema.STEPS,
+                schema.PLANNED_STEPS, schema.WALL_S, schema.NEGATIVES_PER_POSITIVE):
+        row[key] = summary.get(key)
+    final = summary.get(schema.FINAL, {}) or {}
     row["final_loss"] = final.get("loss")
     for m in METRICS:
         row[f"final_{m}"] = final.get(m)
-    baseline = summary.get("random_init", {}) or {}
+    baseline = summary.get(schema.RANDOM_INIT, {}) or {}
     for m in ("knn_top1", "linear_top1"):
         row[baseline_column(f"final_{m}")] = baseline.get(m)
     curves = read_metrics(run_dir)
@@ -109,14 +96,14 @@ def run_row(run_dir: Path) -> dict[str, Any]:
                 row[f"best_{m}"] = after.max(skipna=True) if after.notna().any() else None
         if "train/samples_per_s" in curves:
             row["samples_per_s"] = curves["train/samples_per_s"].median(skipna=True)
-    reason = summary.get("end_reason")
+    reason = summary.get(schema.END_REASON)
     row["end_reason"] = reason
     if reason is None:
         row["state"] = "running" if curves.size else "pending"
-    elif reason == "completed":
+    elif reason == schema.COMPLETED:
         row["state"] = "complete"
-    elif str(reason).startswith("stopped"):
-        row["state"] = "pruned" if "pruned" in str(summary.get("stop", "")) else "stopped"
+    elif str(reason).startswith(schema.STOPPED):
+        row["state"] = "pruned" if "pruned" in str(summary.get(schema.STOP, "")) else "stopped"
     else:
         row["state"] = "failed"
     return row
@@ -127,10 +114,10 @@ def _run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"no such run or sweep directory: {path}")
-        if (path / "config.yaml").is_file():
+        if (path / schema.CONFIG).is_file():
             found.append(path)
             continue
-        found.extend(sorted(p.parent for p in path.rglob("config.yaml") if "checkpoints" not in p.parts))
+        found.extend(sorted(p.parent for p in path.rglob(schema.CONFIG) if schema.CHECKPOINTS not in p.parts))
     return list(dict.fromkeys(found))
 
 
@@ -184,7 +171,7 @@ def fittable(df: pd.DataFrame, column: str) -> pd.DataFrame:
     if column not in df.columns:
         warnings.warn(f"no column {column!r} in the runs (nothing to fit)", LoadWarning, stacklevel=2)
         return df.iloc[0:0]
-    ok = (df["state"] == "complete") & df[column].map(finite)
+    ok = (df["state"] == "complete") & df[column].map(schema.finite_number)
     left = df.loc[~ok]
     for _, r in left.iterrows():
         why = r["end_reason"] if r["state"] != "complete" else f"{column} is missing or not finite"

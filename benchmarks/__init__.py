@@ -1,16 +1,20 @@
 """`scaling bench`: side-by-side measurements of the suite against its goals (see BENCHMARKS.md).
 
 Each benchmark is a module here; `run_benchmarks` runs the chosen ones and writes bench.json and
-bench.md. A benchmark that fails is recorded as an error and the rest still run.
+bench.md. A benchmark that fails is recorded as an error and the rest still run. Progress is logged
+at INFO (`scaling.logs.setup` shows it on the terminal).
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 import traceback
 from pathlib import Path
 
 from benchmarks.core import Result, check_scale, command_line, verdict, write_report
+
+log = logging.getLogger(__name__)
 
 # In the order they run (and appear in the report).
 NAMES = ("backbone", "droptoken", "zero_memory", "fit_speed", "data_pipeline", "sweep_overhead")
@@ -30,7 +34,7 @@ def run_one(name: str, scale: str) -> Result:
     t0 = time.perf_counter()
     try:
         result = module.run(scale)
-    except Exception as err:  # noqa: BLE001 - one broken benchmark must not hide the others
+    except Exception as err:
         result = Result(name=name, title=module.TITLE, goal=module.GOAL, columns=[], rows=[],
                         status=f"error: {type(err).__name__}: {err}",
                         notes=traceback.format_exc().strip().splitlines()[-6:])
@@ -38,15 +42,15 @@ def run_one(name: str, scale: str) -> Result:
     return result
 
 
-def run_benchmarks(names: list[str] | None, scale: str, out_dir: str | Path, echo=print) -> tuple[list[Result], dict]:
+def run_benchmarks(names: list[str] | None, scale: str, out_dir: str | Path) -> tuple[list[Result], dict]:
     scale = check_scale(scale)
     chosen = check_names(names)
     t0 = time.perf_counter()
     results = []
     for name in chosen:
-        echo(f"[bench] {name} ...", flush=True)
+        log.info("[bench] %s ...", name)
         result = run_one(name, scale)
-        echo(f"[bench] {name}: {verdict(result)} ({result.seconds:.1f} s)", flush=True)
+        log.info("[bench] %s: %s (%.1f s)", name, verdict(result), result.seconds)
         results.append(result)
     paths = write_report(results, Path(out_dir), scale, command_line(), time.perf_counter() - t0)
     return results, paths

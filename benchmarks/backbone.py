@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import gc
 import statistics
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -133,44 +134,36 @@ def _release(*objs: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def run(scale: str) -> Result:
-    check_scale(scale)
-    import importlib.util
-
-    if importlib.util.find_spec("timm") is None:
-        return Result(NAME, TITLE, GOAL, COLUMNS, [], None, "skipped: timm is not installed")
+def _image_row(p: dict[str, Any], device: str, limit: float, dtype: str) -> tuple[dict[str, Any], tuple[int, int]]:
+    """ViT-S/16 (or ViT-Ti/16 at smoke scale) vs timm vit_small_patch16_224: the row, and the
+    parameter counts (ours, timm)."""
     from scaling.models import vit_small, vit_tiny
-    from scaling.models.sizes import SIZES
-    from scaling.models.tokenizers import VOXEL
-    from scaling.models.vatt import video_encoder
 
-    device = _device()
-    p = SCALES[scale][device]
-    sync = _sync(device)
-    limit = 0.9 if device == "cuda" else 1.0
-    dtype = "bf16 autocast" if device == "cuda" else "fp32"
-    rows: list[dict[str, Any]] = []
-
-    # ---- image: ViT-S/16 vs timm vit_small_patch16_224 --------------------------------------
     torch.manual_seed(0)
     res, b = p["res"], p["image_batch"]
     ours = {"small": vit_small, "tiny": vit_tiny}[p["image"]](patch_size=16, img_size=res)
     ref = _timm_vit(f"vit_{p['image']}_patch16_224", res)
-    n_ours = sum(q.numel() for q in ours.parameters())
-    n_ref = sum(q.numel() for q in ref.parameters())
+    counts = (sum(q.numel() for q in ours.parameters()), sum(q.numel() for q in ref.parameters()))
     x = torch.randn(b, 3, res, res, device=device)
     sec, ratio = paired({"ours": train_step(ours, x, device), "timm": train_step(ref, x, device)},
-                        p["image_rounds"], p["warmup"], sync)
+                        p["image_rounds"], p["warmup"], _sync(device))
     tokens = (res // 16) ** 2
     short = {"small": "S", "tiny": "Ti"}[p["image"]]
-    rows.append({"backbone": f"image ViT-{short}/16", "ours": f"scaling.models.vit_{p['image']}",
-                 "baseline": f"timm vit_{p['image']}_patch16_224",
-                 "input": f"{res}x{res} image", "tokens": tokens, "batch": b, "device": f"{device} {dtype}",
-                 "ours s": sec["ours"], "timm s": sec["timm"], "ratio": ratio, "FLOP ratio": 1.0,
-                 "goal": f"<= {limit}", "met": ratio <= limit})
+    row = {"backbone": f"image ViT-{short}/16", "ours": f"scaling.models.vit_{p['image']}",
+           "baseline": f"timm vit_{p['image']}_patch16_224",
+           "input": f"{res}x{res} image", "tokens": tokens, "batch": b, "device": f"{device} {dtype}",
+           "ours s": sec["ours"], "timm s": sec["timm"], "ratio": ratio, "FLOP ratio": 1.0,
+           "goal": f"<= {limit}", "met": ratio <= limit}
     _release(ours, ref, x)
+    return row, counts
 
-    # ---- video: VATT video backbone vs timm ViT of the same size, equal tokens -----------------
+
+def _video_row(p: dict[str, Any], device: str, limit: float, dtype: str) -> dict[str, Any]:
+    """VATT's video backbone vs a timm ViT of the same size at an equal token count, judged per FLOP."""
+    from scaling.models.sizes import SIZES
+    from scaling.models.tokenizers import VOXEL
+    from scaling.models.vatt import video_encoder
+
     torch.manual_seed(0)
     size, frames, vres, vb = p["video_size"], p["frames"], p["video_res"], p["video_batch"]
     s = SIZES[size]
@@ -184,32 +177,34 @@ def run(scale: str) -> Result:
     video = torch.randn(vb, 3, frames, vres, vres, device=device)
     image = torch.randn(vb, 3, img_h, img_w, device=device)
     sec, ratio = paired({"ours": train_step(ours, video, device), "timm": train_step(ref, image, device)},
-                        p["video_rounds"], p["warmup"], sync)
+                        p["video_rounds"], p["warmup"], _sync(device))
     flop_ratio = (_train_flops(tokens, 3 * VOXEL[0] * VOXEL[1] * VOXEL[2], s.width, s.layers, s.mlp)
                   / _train_flops(tokens, 3 * 16 * 16, s.width, s.layers, s.mlp))
-    rows.append({"backbone": f"video VATT-{size}", "ours": "scaling.models.vatt.video_encoder",
-                 "baseline": "timm vit_base_patch16_224" + ("" if size == "base" else f" at {size} dims"),
-                 "input": f"{frames}x{vres}x{vres} clip vs {img_h}x{img_w} image", "tokens": tokens, "batch": vb,
-                 "device": f"{device} {dtype}", "ours s": sec["ours"], "timm s": sec["timm"], "ratio": ratio,
-                 "FLOP ratio": flop_ratio, "goal": f"<= {limit} x FLOP ratio = {limit * flop_ratio:.3f}",
-                 "met": ratio <= limit * flop_ratio})
+    row = {"backbone": f"video VATT-{size}", "ours": "scaling.models.vatt.video_encoder",
+           "baseline": "timm vit_base_patch16_224" + ("" if size == "base" else f" at {size} dims"),
+           "input": f"{frames}x{vres}x{vres} clip vs {img_h}x{img_w} image", "tokens": tokens, "batch": vb,
+           "device": f"{device} {dtype}", "ours s": sec["ours"], "timm s": sec["timm"], "ratio": ratio,
+           "FLOP ratio": flop_ratio, "goal": f"<= {limit} x FLOP ratio = {limit * flop_ratio:.3f}",
+           "met": ratio <= limit * flop_ratio}
     _release(ours, ref, video, image)
+    return row
 
-    notes = [
-        f"Parameters, image: ours {n_ours:,}, timm {n_ref:,}. The image backbones run the same modules "
-        "(conv patch embedding, CLS + learned positions, pre-norm blocks with fused qkv and "
-        "scaled_dot_product_attention, exact GELU, LayerNorm eps 1e-6, final norm, CLS feature); ours "
-        "computes the last block's attention output, projection and MLP for the CLS row only, since "
-        "nothing reads the other rows (the same feature, fewer FLOPs).",
-        "Step: fused AdamW(lr 1e-4, wd 0.05) over all parameters (as the runs' engine uses); loss = mean "
-        "of the squared pooled features.",
-        "Video at equal tokens: our 4x16x16 voxel tokenizer (fan-in 3072) vs the 16x16 patch embedding "
-        "(fan-in 768); timm's image is the token grid laid out as (frames/4 x H/16) x W/16 patches, so "
-        "both transformers see the same number of tokens with a CLS. FLOP ratio = analytic training "
-        "FLOPs (tokenizer + blocks + attention) ours / timm.",
-        "ratio = median over rounds of the per-round ours/timm time (each round runs both, the order "
-        "alternating); 'ours s' / 'timm s' are the median step seconds.",
-    ]
+
+def run(scale: str) -> Result:
+    """Both rows; how they are measured, and what the backbones share, is in BENCHMARKS.md
+    ("How the benchmarks measure")."""
+    check_scale(scale)
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        return Result(NAME, TITLE, GOAL, COLUMNS, [], None, "skipped: timm is not installed")
+    device = _device()
+    p = SCALES[scale][device]
+    limit = 0.9 if device == "cuda" else 1.0
+    dtype = "bf16 autocast" if device == "cuda" else "fp32"
+    image, (n_ours, n_ref) = _image_row(p, device, limit, dtype)
+    rows = [image, _video_row(p, device, limit, dtype)]
+    notes = [f"Parameters, image: ours {n_ours:,}, timm {n_ref:,}."]
     if scale == "smoke":
         notes.append("smoke scale: ViT-Ti/16 on one sample at 32 px and the nano video backbone; the numbers mean nothing.")
     met = all(r["met"] for r in rows) if scale == "full" else None

@@ -15,8 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SCALES = ("full", "smoke")
 
@@ -87,7 +88,7 @@ def machine() -> dict[str, Any]:
     try:
         import deepspeed
         info["deepspeed"] = deepspeed.__version__
-    except Exception:  # noqa: BLE001 - reported as absent, the benchmark that needs it says more
+    except Exception:
         info["deepspeed"] = None
     try:
         with open("/proc/meminfo") as f:

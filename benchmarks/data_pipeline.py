@@ -49,6 +49,7 @@ def loader_rate(cfg, batches: int) -> float:
 
 
 def run(scale: str) -> Result:
+    """What `supplied` and `consumed` measure is in BENCHMARKS.md ("How the benchmarks measure")."""
     check_scale(scale)
     configs = demo_configs()
     loader_batches, reps = (40, 5) if scale == "full" else (2, 1)
@@ -70,11 +71,6 @@ def run(scale: str) -> Result:
                          "goal met": supplied / consumed >= HEADROOM_GOAL})
     finally:
         torch.set_num_threads(threads)
-    notes = ["the demo sweep's configs (sweeps/demo.yaml), one torch thread as a demo rank has; consumed = "
-             "micro-batch / the median time of a whole optimizer step (augmentation, forward, backward, AdamW) "
-             "outside DeepSpeed, so with gradient accumulation a rank consumes a little faster than this",
-             "supplied = clips/s out of the run's own DataLoader (its num_workers; 0 renders in the training "
-             "process, between steps)"]
     return Result(NAME, TITLE, GOAL, ["method", "size", "micro-batch", "workers", "clips/s supplied",
                                       "clips/s consumed", "headroom", "goal met"], rows,
-                  met=all(r["goal met"] for r in rows) if scale == "full" else None, notes=notes)
+                  met=all(r["goal met"] for r in rows) if scale == "full" else None)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -107,71 +108,71 @@ def make_step(cfg, device: str) -> tuple[Callable[[float], Callable[[], None]], 
     return case, fixed_seconds, model
 
 
-def run(scale: str) -> Result:
-    check_scale(scale)
+def measure_size(size: str, batch: int, rounds: int, warmup: int, geometry: dict[str, int],
+                 device: str) -> tuple[list[dict[str, Any]], str]:
+    """One size: a row per drop rate of RATES, and the note of its fixed costs at r = 0."""
     from scaling.describe import describe, human
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    cfg = make_config(size, batch, geometry)
+    base_flops = describe(cfg, device)
+    case, adam_seconds, model = make_step(cfg, device)
+    rates = (0.0,) + RATES
+    cases = {r: case(r) for r in rates}
+    # The AdamW time of each timed step, by rate: every round runs each rate once, in the
+    # order rounds_of runs them; read the split back by wrapping the closures.
+    per_rate_adam: dict[float, list[float]] = {r: [] for r in rates}
+
+    def tracked(r: float, fn: Callable[[], None]) -> Callable[[], None]:
+        def run_once() -> None:
+            fn()
+            per_rate_adam[r].append(adam_seconds[-1])
+        return run_once
+
+    times = rounds_of({r: tracked(r, fn) for r, fn in cases.items()}, rounds, warmup, sync)
+    # Drop the warm-up steps' AdamW times (the first allocates the optimizer state).
+    adam = {r: statistics.median(v[warmup:]) for r, v in per_rate_adam.items()}
+    t0 = statistics.median(times[0.0])
+    share = (f"{size}: AdamW + augmentation {adam[0.0]:.3g} s of a {t0:.3g} s step at r=0 "
+             f"({100 * adam[0.0] / t0:.0f}%), {human(base_flops['params']['trainable'])} trainable parameters, "
+             f"{human(base_flops['flops_per_sample'], 'FLOPs')} per sample at r=0")
+    rows = []
+    for r in RATES:
+        d = describe(cfg.replace(drop_rate=r), device)
+        flop_ratio = d["flops_per_sample"] / base_flops["flops_per_sample"]
+        measured = paired_ratio(times, r, 0.0)
+        no_adam = statistics.median((a - pa) / (b - pb) for a, pa, b, pb in
+                                    zip(times[r], per_rate_adam[r][warmup:], times[0.0], per_rate_adam[0.0][warmup:]))
+        rows.append({"size": size, "drop_rate": r, "batch": batch,
+                     "video tokens": f"{d['tokens']['video']} / {d['tokens']['video_full']}",
+                     "audio tokens": f"{d['tokens']['audio']} / {d['tokens']['audio_full']}",
+                     "t(r) s": statistics.median(times[r]), "t(r)/t(0)": measured, "FLOP ratio": flop_ratio,
+                     "measured / FLOP": measured / flop_ratio, f"goal <= {FACTOR}": measured <= FACTOR * flop_ratio,
+                     "AdamW + aug s": adam[r], "model-only t(r)/t(0)": no_adam,
+                     "model-only / FLOP": no_adam / flop_ratio})
+    del case, cases, model, times
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows, share
+
+
+def run(scale: str) -> Result:
+    """Every size of the plan; what the columns mean is in BENCHMARKS.md ("How the benchmarks measure")."""
+    check_scale(scale)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     geometry = GEOMETRY[scale]
     rows: list[dict[str, Any]] = []
     adam_share: list[str] = []
     for size, (batch, rounds, warmup) in PLAN[scale][device].items():
-        cfg = make_config(size, batch, geometry)
-        base_flops = describe(cfg, device)
-        case, adam_seconds, model = make_step(cfg, device)
-        rates = (0.0,) + RATES
-        cases = {r: case(r) for r in rates}
-        # The AdamW time of each timed step, by rate: every round runs each rate once, in the
-        # order rounds_of runs them; read the split back by wrapping the closures.
-        per_rate_adam: dict[float, list[float]] = {r: [] for r in rates}
-
-        def tracked(r: float, fn: Callable[[], None]) -> Callable[[], None]:
-            def run_once() -> None:
-                fn()
-                per_rate_adam[r].append(adam_seconds[-1])
-            return run_once
-
-        times = rounds_of({r: tracked(r, fn) for r, fn in cases.items()}, rounds, warmup, sync)
-        # Drop the warm-up steps' AdamW times (the first allocates the optimizer state).
-        adam = {r: statistics.median(v[warmup:]) for r, v in per_rate_adam.items()}
-        t0 = statistics.median(times[0.0])
-        adam_share.append(f"{size}: AdamW + augmentation {adam[0.0]:.3g} s of a {t0:.3g} s step at r=0 "
-                          f"({100 * adam[0.0] / t0:.0f}%), {human(base_flops['params']['trainable'])} trainable parameters, "
-                          f"{human(base_flops['flops_per_sample'], 'FLOPs')} per sample at r=0")
-        for r in RATES:
-            d = describe(cfg.replace(drop_rate=r), device)
-            flop_ratio = d["flops_per_sample"] / base_flops["flops_per_sample"]
-            measured = paired_ratio(times, r, 0.0)
-            no_adam = statistics.median((a - pa) / (b - pb) for a, pa, b, pb in
-                                        zip(times[r], per_rate_adam[r][warmup:], times[0.0], per_rate_adam[0.0][warmup:]))
-            rows.append({"size": size, "drop_rate": r, "batch": batch,
-                         "video tokens": f"{d['tokens']['video']} / {d['tokens']['video_full']}",
-                         "audio tokens": f"{d['tokens']['audio']} / {d['tokens']['audio_full']}",
-                         "t(r) s": statistics.median(times[r]), "t(r)/t(0)": measured, "FLOP ratio": flop_ratio,
-                         "measured / FLOP": measured / flop_ratio, f"goal <= {FACTOR}": measured <= FACTOR * flop_ratio,
-                         "AdamW + aug s": adam[r], "model-only t(r)/t(0)": no_adam,
-                         "model-only / FLOP": no_adam / flop_ratio})
-        del case, cases, model, times
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-
+        size_rows, share = measure_size(size, batch, rounds, warmup, geometry, device)
+        rows += size_rows
+        adam_share.append(share)
     g = geometry
     notes = [
         f"Geometry: {g['frames']} frames x {g['resolution']}^2 px, {g['audio_samples']} audio samples, "
-        f"{g['captions']} caption(s) of {g['max_words']} words; tokens shown kept / full; "
-        f"{device}, {'bf16 autocast' if device == 'cuda' else 'fp32'}; drop_path 0; one pre-rendered batch.",
-        "t(r)/t(0): median over rounds of the per-round ratio (each round runs r = 0, 0.25, 0.5, 0.75 "
-        "once, order alternating); t(r) s: median step seconds.",
-        "FLOP ratio: describe(cfg)['flops_per_sample'] at r over r = 0 (forward + backward matmuls of the "
-        "tokenizers, the three towers, heads and loss; the text tower is never dropped).",
-        "Fixed costs outside the FLOP count: the AdamW step over all parameters (same at every r), the "
-        "video augmentation on the full clip, zero_grad, and the loss's .item() syncs.",
-        "model-only: the same ratio with each step's measured AdamW and augmentation seconds subtracted "
-        "from both sides (VATT's own pipeline augments in its input workers, outside the step); what is "
-        "left above the FLOP ratio is the matmuls' lower FLOP/s on fewer tokens, and the per-layer "
-        "elementwise work on CPU.",
+        f"{g['captions']} caption(s) of {g['max_words']} words; {device}, "
+        f"{'bf16 autocast' if device == 'cuda' else 'fp32'}.",
     ] + adam_share
     if scale == "smoke":
         notes.append("smoke scale: size nano on a 4-token clip; the numbers mean nothing.")

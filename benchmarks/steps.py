@@ -2,7 +2,7 @@
 backward, AdamW), outside DeepSpeed, on a batch rendered beforehand."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -43,6 +43,20 @@ from typing import Any
 import yaml
 
 from benchmarks.core import Result, check_scale
+from scaling.schema import (
+    CONFIG,
+    DS_CONFIG,
+    END_REASON,
+    ENV,
+    JOB_RECORD,
+    METRICS,
+    STEPS,
+    SUMMARY,
+    TB,
+    WALL_S,
+    read_json,
+    read_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,7 +130,7 @@ def _tb_created(run_dir: Path) -> float | None:
     """The wall time of the first event of the run's TensorBoard file: the file-version record that
     SummaryWriter writes when MetricsLog opens (a TFRecord: u64 length, u32 crc, an Event proto whose
     field 1 is the double wall_time)."""
-    files = sorted((run_dir / "tb").glob("events.out.tfevents.*"))
+    files = sorted((run_dir / TB).glob("events.out.tfevents.*"))
     stamps = []
     for path in files:
         try:
@@ -161,7 +175,7 @@ def _metrics_times(run_dir: Path) -> dict[str, Any]:
     random-init evaluation (step 0) was logged."""
     out: dict[str, Any] = {}
     try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = (run_dir / METRICS).read_text().splitlines()
     except OSError:
         return out
     for line in lines:
@@ -220,7 +234,7 @@ import optuna, submitit
 t["imported"] = time.time()
 spec = load_spec(sys.argv[1])
 t["loaded"] = time.time()
-numbers, jobs = commands.submit(spec, say=lambda _line: None)
+numbers, jobs = commands.submit(spec, quiet=True)
 t["submitted"] = time.time()
 print("SUBMITTED " + json.dumps({"times": t, "jobs": [str(j.job_id) for j in jobs]}), flush=True)
 """
@@ -261,41 +275,43 @@ def _run_sweep(spec_path: Path, timeout_s: float, notes: list[str]) -> list[dict
     except BaseException:
         _cancel(job_ids)
         try:
-            commands.cancel(spec, say=lambda _line: None)  # any job the failed submission left
-        except Exception:  # noqa: BLE001 - the study is thrown away with the temporary folder
+            commands.cancel(spec)  # any job the failed submission left
+        except Exception:
             pass
         raise
     slurm = _slurm_times(job_ids)
     trials = {r["job_id"]: r for r in commands.status(spec)}
-    out = []
-    for jid in job_ids:
-        trial = trials.get(jid, {})
-        run_dir = Path(trial.get("run_dir") or "")
-        record = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").is_file() else {}
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-        logs = {}
-        for key in ("stderr", "stdout"):
-            if record.get(key):
-                logs.update(_log_times(Path(record[key])))
-        result_pkl = Path(record["stdout"]).with_name(f"{jid}_0_result.pkl") if record.get("stdout") else None
-        end = (_mtime(result_pkl) if result_pkl else None) or logs.get("job_done") or _mtime(run_dir / "summary.json")
-        sl = slurm.get(jid, {})
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-        if trial.get("state") != "COMPLETE":
-            notes.append(f"trial {trial.get('number')} (job {jid}) ended {trial.get('state')} "
-                         f"(SLURM {sl.get('state')}, {trial.get('end_reason') or summary.get('end_reason')})")
-        out.append({
-            "job": jid, "number": trial.get("number"), "method": cfg.get("method"),
-            "samples": cfg.get("samples"), "steps": summary.get("steps"), "state": trial.get("state"),
-            **{f"submit_{k}": v for k, v in times.items()}, "t0": times["t0"], "submitted": times["submitted"],
-            "slurm_submit": sl.get("SubmitTime"), "slurm_start": sl.get("StartTime"),
-            "python_up": logs.get("python_up"), "imported": logs.get("ds_imported"),
-            "train_entered": _mtime(run_dir / "env.json"),
-            "model_built": _mtime(run_dir / "ds_config.json"), "engine_built": _tb_created(run_dir),
-            **_metrics_times(run_dir), "end": end,
-            "train_wall_s": summary.get("wall_s"),
-        })
-    return out
+    return [_trial_times(jid, trials.get(jid, {}), slurm.get(jid, {}), times, notes) for jid in job_ids]
+
+
+def _trial_times(jid: str, trial: dict[str, Any], sl: dict[str, Any], times: dict[str, float],
+                 notes: list[str]) -> dict[str, Any]:
+    """The clock times of one trial (job `jid`): its study row, its SLURM times, the submission's
+    times; from its run directory, job record and logs. A trial that did not complete adds a note."""
+    run_dir = Path(trial.get("run_dir") or "")
+    record = read_json(run_dir / JOB_RECORD)
+    cfg = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
+    logs = {}
+    for key in ("stderr", "stdout"):
+        if record.get(key):
+            logs.update(_log_times(Path(record[key])))
+    result_pkl = Path(record["stdout"]).with_name(f"{jid}_0_result.pkl") if record.get("stdout") else None
+    summary = read_summary(run_dir)
+    end = (_mtime(result_pkl) if result_pkl else None) or logs.get("job_done") or _mtime(run_dir / SUMMARY)
+    if trial.get("state") != "COMPLETE":
+        notes.append(f"trial {trial.get('number')} (job {jid}) ended {trial.get('state')} "
+                     f"(SLURM {sl.get('state')}, {trial.get(END_REASON) or summary.get(END_REASON)})")
+    return {
+        "job": jid, "number": trial.get("number"), "method": cfg.get("method"),
+        "samples": cfg.get("samples"), "steps": summary.get(STEPS), "state": trial.get("state"),
+        **{f"submit_{k}": v for k, v in times.items()}, "t0": times["t0"], "submitted": times["submitted"],
+        "slurm_submit": sl.get("SubmitTime"), "slurm_start": sl.get("StartTime"),
+        "python_up": logs.get("python_up"), "imported": logs.get("ds_imported"),
+        "train_entered": _mtime(run_dir / ENV),
+        "model_built": _mtime(run_dir / DS_CONFIG), "engine_built": _tb_created(run_dir),
+        **_metrics_times(run_dir), "end": end,
+        "train_wall_s": summary.get(WALL_S),
+    }
 
 
 def _row(label: str, t: dict[str, Any], demo_wall: float | None) -> dict[str, Any]:
@@ -365,7 +381,7 @@ def run(scale: str) -> Result:
 
     result.notes += _notes(scale, timed, reference, demo_wall)
     result.notes.append(f"load average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
-                        f"{os.cpu_count()} CPUs: anything else running on this machine slows every stage")
+                        f"{os.cpu_count()} CPUs")
     return result
 
 
@@ -376,41 +392,29 @@ def _median(values: list[Any]) -> float | None:
 
 def _notes(scale: str, timed: list[tuple[str, dict[str, Any]]], reference: list[dict[str, Any]],
            demo_wall: float | None) -> list[str]:
+    """The computed notes; what the stages and the share are is in BENCHMARKS.md ("How the benchmarks
+    measure")."""
     trials = [t for _, t in timed]
     notes = [
         f"{scale} scale: {len(SWEEPS[scale])} sweep(s) one after the other, each of {'/'.join(METHODS[scale])} trial(s) "
-        f"at global batch 32, seed 0, with sweeps/demo.yaml's base, fixed and per-method overrides; samples "
-        f"{', then '.join(f'{s:,}' for _, s, _ in SWEEPS[scale])}; launcher slurm, profile local, {PARALLELISM} "
-        f"array elements at a time. Each sweep is submitted in a fresh interpreter through load_spec + "
-        f"sweeps.commands.submit (the path of `scaling sweep submit`, cold as the CLI is); the sweep directories "
-        f"were in a temporary folder, removed",
-        "every time is from the moment the sweep was submitted; share = submit→first step over the median wall "
-        "time (submit → end of the job) of "
+        f"at global batch 32, seed 0; samples {', then '.join(f'{s:,}' for _, s, _ in SWEEPS[scale])}; "
+        f"{PARALLELISM} array elements at a time",
+        "share = submit→first step over the median wall time of "
         + (f"the {DEMO_SAMPLES:,}-sample demo trials" if scale == "full" else "the smoke trial (its numbers mean nothing)")
         + (f", {demo_wall:.1f} s" if demo_wall else ""),
-        "stages: submit cmd = the submitting process, start to sbatch done; queue = to SLURM's StartTime (whole "
-        "seconds, so queue and job launch are each ±1 s); job launch = srun + interpreter + submitit; imports = "
-        "unpickling the trial job and importing torch, torchvision and DeepSpeed (to DeepSpeed's first log line); "
-        "study+dist init = Optuna study opened, torch.distributed initialised (to train()'s env.json); model = "
-        "model + objective (to ds_config.json); engine = DeepSpeed engine, checkpoint probe, metrics log (to the "
-        "first event of the TensorBoard file); data+eval0 = dataset and loader, and the evaluation of the "
-        "random-init backbone (eval.random_init), to the start of step 1 (its metrics line's time less its "
-        "step_time_s)",
     ]
     sub = {k: _median([t[f"submit_{b}"] - t[f"submit_{a}"] for t in trials])
            for k, a, b in (("interpreter", "t0", "python_up"), ("imports", "python_up", "imported"),
                            ("load_spec", "imported", "loaded"), ("submit", "loaded", "submitted"))}
     sbatch = _median([t["slurm_submit"] - t["t0"] for t in trials if t.get("slurm_submit")])
     if all(v is not None for v in sub.values()):
-        notes.append(f"submit cmd, median: interpreter {sub['interpreter']:.2f} s, imports {sub['imports']:.2f} s "
-                     f"(sweeps, Optuna, submitit; not torch), load_spec {sub['load_spec']:.2f} s, "
-                     f"trials + run directories + sbatch {sub['submit']:.2f} s"
+        notes.append(f"submit cmd, median: interpreter {sub['interpreter']:.2f} s, imports {sub['imports']:.2f} s, "
+                     f"load_spec {sub['load_spec']:.2f} s, trials + run directories + sbatch {sub['submit']:.2f} s"
                      + (f"; SLURM's SubmitTime {sbatch:.0f} s after the start (whole seconds)" if sbatch is not None else ""))
     eval0 = _median([t["eval0_logged"] - t["engine_built"] for t in trials if t.get("eval0_logged") and t.get("engine_built")])
     if eval0 is not None:
         notes.append(f"of data+eval0, {eval0:.1f} s (median) run from the engine to the random-init evaluation's "
-                     f"metrics line (the dataset objects, then embedding the whole train split as the k-NN bank, "
-                     f"and the eval split)")
+                     f"metrics line")
     rates = [(t["last_step"] - 1) / (t["last_train"] - t["first_step_end"]) for t in reference
              if t.get("last_step") and t["last_step"] > 1 and t.get("last_train") and t.get("first_step_end")]
     train = _median([t["last_train"] - t["first_step"] for t in reference if t.get("last_train") and t.get("first_step")])
@@ -419,5 +423,5 @@ def _notes(scale: str, timed: list[tuple[str, dict[str, Any]]], reference: list[
     if demo_wall and train is not None and tail is not None and overhead is not None:
         notes.append(f"a demo trial's wall time, median: {overhead:.1f} s to the first step, {train:.1f} s of training "
                      f"({_median(rates) or float('nan'):.2f} steps/s after the first step), {tail:.1f} s from the last "
-                     f"step to the end of the job (final checkpoint, evaluation, model.pt, the study told)")
+                     f"step to the end of the job")
     return notes

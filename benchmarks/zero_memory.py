@@ -340,74 +340,77 @@ def _sum(cats: dict[str, int], prefix: str) -> int:
     return sum(v for k, v in cats.items() if k == prefix or k.startswith(prefix + "."))
 
 
+def _measured(per_rank: list[dict]) -> dict[str, list[int]]:
+    """Bytes per state, rank by rank: params and optimizer after the step, grads between micro-steps
+    and at the boundary."""
+    return {
+        "params": [_sum(r["after_step"], "params") for r in per_rank],
+        "grads": [_sum(r["after_backward"][0], "grads") for r in per_rank],
+        "grads_boundary": [_sum(r["after_backward"][1], "grads") for r in per_rank],
+        "optimizer": [_sum(r["after_step"], "optimizer") for r in per_rank],
+    }
+
+
+def _buffers(per_rank: list[dict]) -> dict[str, int]:
+    """The largest bytes each non-model-state attribute held at any measured point of any rank, from 1 MiB."""
+    held: dict[str, int] = {}
+    for r in per_rank:
+        for snap in (*r["after_backward"], r["after_step"]):
+            for k, v in snap.items():
+                if k.startswith("buffers."):
+                    held[k[8:]] = max(held.get(k[8:], 0), v)
+    return {k: v for k, v in held.items() if v >= MiB}
+
+
+def _state_rows(precision: str, stage: int, per_rank: list[dict], measured: dict[str, list[int]],
+                formula: dict[str, float]) -> list[dict[str, Any]]:
+    first, rows = per_rank[0], []
+    for state in ("params", "grads", "optimizer"):
+        got = max(measured[state])
+        ratio = got / formula[state] if formula[state] else float("nan")
+        cats = first["after_backward"][0] if state == "grads" else first["after_step"]
+        row = {"precision": precision, "stage": stage, "state": state,
+               "measured MiB": got / MiB, "formula MiB": formula[state] / MiB, "ratio": ratio,
+               "within 10%": abs(ratio - 1) <= TOLERANCE,
+               "where (rank 0, MiB)": _where(state, cats, first["optimizer_class"])}
+        if state == "grads":
+            row["grads at boundary MiB"] = max(measured["grads_boundary"]) / MiB
+        rows.append(row)
+    return rows
+
+
 def table(ranks: list[dict], precisions: list[str]) -> tuple[list[dict], list[str]]:
+    """The rows, and the notes computed from them (what they mean is in BENCHMARKS.md, "How the
+    benchmarks measure")."""
     from scaling.describe import engine_zero_stage, model_state_bytes
 
     rows, buffers, persistent = [], [], []
     spread = (0.0, "")
     for precision in precisions:
         for stage in STAGES:
-            key = f"{precision}/{stage}"
-            per_rank = [r["results"][key] for r in ranks]
+            per_rank = [r["results"][f"{precision}/{stage}"] for r in ranks]
             first = per_rank[0]
             # The paper's formulas adapted to the precision, as `scaling describe` reports them, at
             # the stage the engine is built with (half precision at stage 0 runs stage 1).
             formula = model_state_bytes(first["trainable"], first["frozen"], engine_zero_stage(stage, precision),
                                         len(ranks), precision)
-            measured = {
-                "params": [_sum(r["after_step"], "params") for r in per_rank],
-                "grads": [_sum(r["after_backward"][0], "grads") for r in per_rank],
-                "grads_boundary": [_sum(r["after_backward"][1], "grads") for r in per_rank],
-                "optimizer": [_sum(r["after_step"], "optimizer") for r in per_rank],
-            }
+            measured = _measured(per_rank)
             for state, values in measured.items():
                 if max(values) and (max(values) - min(values)) / max(values) > spread[0]:
                     spread = ((max(values) - min(values)) / max(values), f"{precision} stage {stage} {state}")
-            held: dict[str, int] = {}
-            for r in per_rank:
-                for snap in (*r["after_backward"], r["after_step"]):
-                    for k, v in snap.items():
-                        if k.startswith("buffers."):
-                            held[k[8:]] = max(held.get(k[8:], 0), v)
-            big = {k: v for k, v in held.items() if v >= MiB}
+            big = _buffers(per_rank)
             if big:
                 buffers.append(f"{precision} stage {stage}: "
                                + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in big.items()))
             if stage == 3:
                 whole = max(r["after_step"].get("params.whole", 0) for r in per_rank)
                 persistent.append(f"{precision} {whole / MiB:.1f} MiB = {whole / formula['params']:.1%} of the formula")
-            for state in ("params", "grads", "optimizer"):
-                got = max(measured[state])
-                ratio = got / formula[state] if formula[state] else float("nan")
-                cats = per_rank[0]["after_backward"][0] if state == "grads" else per_rank[0]["after_step"]
-                row = {"precision": precision, "stage": stage, "state": state,
-                       "measured MiB": got / MiB, "formula MiB": formula[state] / MiB, "ratio": ratio,
-                       "within 10%": abs(ratio - 1) <= TOLERANCE,
-                       "where (rank 0, MiB)": _where(state, cats, first["optimizer_class"])}
-                if state == "grads":
-                    row["grads at boundary MiB"] = max(measured["grads_boundary"]) / MiB
-                rows.append(row)
+            rows += _state_rows(precision, stage, per_rank, measured, formula)
     notes = [
-        "ZeRO-3 params include the whole copies of the parameters under stage3_param_persistence_threshold "
-        "(100,000 elements in ds_configs/zero3.json: norms, biases and the smaller matrices), which every rank "
-        "keeps gathered after the first step, on top of their partition in p.ds_tensor; the paper's formula "
-        f"has no such term: {'; '.join(persistent)}. It grows as a share for narrower models (nano: most "
-        "matrices are under the threshold).",
-        "ZeRO-1 gradients: between micro-steps every rank holds the whole gradient in p.grad (the paper's "
-        "P_os); at the accumulation boundary DeepSpeed reduces them bucket by bucket during the backward "
-        "and keeps only its partition (averaged_gradients), so with gradient accumulation 1 ZeRO-1 holds "
-        "ZeRO-2's gradient memory ('grads at boundary').",
-        "ZeRO-2 gradients sit in the flat grads_in_partition buffer (reached through all_grad_tensors / "
-        "averaged_gradients, whose tensors are views of it); it holds every whole parameter that overlaps "
-        "the rank's partition, hence slightly more than 1/N. ZeRO-3: grad_partitions_flat_buffer, exactly "
-        "1/N, allocated for the whole run. In bf16 the gradient partitions are bf16 (2 bytes), at every stage.",
-        "bf16 at zero_stage 0 is built as stage 1 (DeepSpeed's BF16_Optimizer, not its per-tensor "
-        "FP16_UnfusedOptimizer): the optimizer state is partitioned as at stage 1, and gradients accumulate "
-        "in a whole fp32 buffer (fp32_groups_gradients_flat, 4 bytes per parameter) beside the bf16 p.grad.",
-        "Not model states: the gradient buckets (ipg_buckets, reduce_bucket_size = 5e7 elements in the "
-        "templates) held at the measured points: " + ("; ".join(buffers) or "none above 1 MiB") + ". During a "
-        "reducing backward ZeRO-1/2 also fill such a bucket and free it at the backward's end "
-        "(_release_ipg_buffers), which these points do not see.",
+        f"ZeRO-3 params include the whole copies of the parameters under stage3_param_persistence_threshold: "
+        f"{'; '.join(persistent)}.",
+        "Not model states: the gradient buckets held at the measured points: "
+        + ("; ".join(buffers) or "none above 1 MiB") + ".",
         f"Measured = max over the {len(ranks)} ranks; they differ by at most {spread[0]:.1%} ({spread[1]}).",
     ]
     return rows, notes
@@ -422,17 +425,8 @@ def run(scale: str = "full") -> Result:
     model = " ".join(SCALE_OVERRIDES[scale])
     notes = [
         f"Model: VATT ({model}): {first['trainable']:,} trainable + {first['frozen']:,} frozen parameters; "
-        f"{WORLD} ranks, CPU gloo; micro_batch 2, gradient accumulation {ACCUMULATION}; DeepSpeed config from "
-        "build_ds_config (ds_configs/zero{0,1,2,3}.json + fp32/bf16.json) and engine from build_engine (AdamW).",
-        "Bytes are walked from the real tensors, each storage counted once; params and optimizer after the "
-        "step, grads after the first (non-boundary) backward, i.e. what is held between micro-steps; the "
-        "'grads at boundary' column is after the second backward, before the step.",
-        "Formula: the ZeRO paper's per-rank model states adapted to the precision: bf16 2/2/K=12 bytes per "
-        "param; fp32 4/4 and K = 8 at stage 0 (torch AdamW updates the fp32 params in place, m + v) but "
-        "K = 12 at stages 1-3, because DeepSpeed's ZeRO optimizers always keep an fp32 master partition of "
-        "their own (single_partition_of_fp32_groups / fp32_partitioned_groups_flat), even of fp32 params.",
+        f"{WORLD} ranks, CPU gloo; micro_batch 2, gradient accumulation {ACCUMULATION}.",
         *notes,
-        "The formula is scaling.describe.model_state_bytes, what `scaling describe` and `sweep plan` report.",
         "Seconds per engine (build, 2 micro-steps, step; rank 0): " + ", ".join(
             f"{k.replace('/', ' stage ')} {v['seconds']:.1f}" for k, v in ranks[0]["results"].items()) + ".",
     ]

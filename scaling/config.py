@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
 from scaling.models.sizes import SIZES
+from scaling.validate import ConfigError, choice, flag, integer, number, pair, yaml_value
+from scaling.validate import load_named_yaml as load_named_yaml  # re-exported: it lived here
 
 METHODS = ("vatt", "dino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -20,61 +23,6 @@ LR_SCALINGS = ("linear", "sqrt", "none")
 DATA_SOURCES = ("synthetic", "manifest", "images")
 ZERO_STAGES = (0, 1, 2, 3)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field and what is allowed."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field = field_name
-        super().__init__(f"{field_name}: {message}")
-
-
-def load_named_yaml(name_or_path: str | Path, folder: Path, what: str, field_name: str,
-                    error: type[ConfigError] = ConfigError) -> tuple[Path, Any]:
-    """A YAML file given by path, or by name in `folder` (NAME.yaml): (its path, its content).
-
-    Raises `error(field_name, ...)` listing the names available when there is no such file, or
-    when it is not valid YAML.
-    """
-    path = Path(name_or_path)
-    if not path.is_file() and (folder / f"{name_or_path}.yaml").is_file():
-        path = folder / f"{name_or_path}.yaml"
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-        raise error(field_name, f"no {what} {str(name_or_path)!r}; available: {names} (or a path to a .yaml file)")
-    try:
-        return path, yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise error(field_name, f"{path} is not valid YAML: {err}") from None
-
-
-# ----------------------------------------------------------------------------- checks
-def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
-    if value not in allowed:
-        raise ConfigError(name, f"got {value!r}; allowed values: {', '.join(map(repr, allowed))}")
-
-
-def _positive(name: str, value: Any, *, integer: bool = True, allow_zero: bool = False) -> None:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(name, f"got {value!r}; must be {'an integer' if integer else 'a number'}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(name, f"got {value!r}; must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def _flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(name, f"got {value!r}; must be true or false")
-
-
-def _in_range(name: str, value: Any, lo: float, hi: float, *, hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, f"got {value!r}; must be a number")
-    ok = lo <= value < hi if hi_open else lo <= value <= hi
-    if not ok:
-        bracket = ")" if hi_open else "]"
-        raise ConfigError(name, f"got {value!r}; allowed range: [{lo}, {hi}{bracket}")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -101,18 +49,17 @@ class DataConfig:
     seed: int = 0                      # the data set's own seed, fixed across runs of a study
 
     def validate(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
+        choice("data.source", self.source, DATA_SOURCES)
         if self.source != "synthetic" and not self.path:
             raise ConfigError("data.path", f"data.source={self.source!r} needs a path (manifest .jsonl or image folder)")
-        for name in ("num_classes", "train_size", "eval_size", "frames", "resolution",
+        for name in ("train_size", "eval_size", "frames", "resolution",
                      "audio_samples", "sample_rate", "captions", "max_words", "vocab_size"):
-            _positive(f"data.{name}", getattr(self, name))
-        _positive("data.num_workers", self.num_workers, allow_zero=True)
-        _positive("data.seed", self.seed, allow_zero=True)
-        _positive("data.fps", self.fps, integer=False)
-        _in_range("data.difficulty", self.difficulty, 0.0, 1.0)
-        if self.num_classes < 2:
-            raise ConfigError("data.num_classes", f"got {self.num_classes}; need at least 2 classes")
+            integer(f"data.{name}", getattr(self, name), exclusive_minimum=0)
+        integer("data.num_classes", self.num_classes, minimum=2, note="need at least 2 classes")
+        integer("data.num_workers", self.num_workers, minimum=0)
+        integer("data.seed", self.seed, minimum=0)
+        number("data.fps", self.fps, exclusive_minimum=0)
+        number("data.difficulty", self.difficulty, minimum=0.0, maximum=1.0)
         if self.frames % 4:
             raise ConfigError("data.frames", f"got {self.frames}; must be a multiple of the 4-frame voxel")
         if self.resolution % 16:
@@ -139,12 +86,11 @@ class VATTConfig:
         for name in ("audio_size", "text_size"):
             value = getattr(self, name)
             if value is not None:
-                _choice(f"vatt.{name}", value, tuple(SIZES))
-        _positive("vatt.va_dim", self.va_dim)
-        _positive("vatt.vt_dim", self.vt_dim)
-        _positive("vatt.word_dim", self.word_dim)
-        _positive("vatt.temperature", self.temperature, integer=False)
-        _positive("vatt.vt_weight", self.vt_weight, integer=False, allow_zero=True)
+                choice(f"vatt.{name}", value, tuple(SIZES))
+        for name in ("va_dim", "vt_dim", "word_dim"):
+            integer(f"vatt.{name}", getattr(self, name), exclusive_minimum=0)
+        number("vatt.temperature", self.temperature, exclusive_minimum=0)
+        number("vatt.vt_weight", self.vt_weight, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -174,31 +120,27 @@ class DINOConfig:
     fp32_last_layer: bool = True       # the head's 65536-way last layer in fp32 under bf16/fp16 (the T=0.04 softmax)
 
     def validate(self) -> None:
-        _choice("dino.input", self.input, ("video", "image"))
+        choice("dino.input", self.input, ("video", "image"))
         for name in ("out_dim", "hidden_dim", "bottleneck_dim"):
-            _positive(f"dino.{name}", getattr(self, name))
-        _positive("dino.local_crops", self.local_crops, allow_zero=True)
+            integer(f"dino.{name}", getattr(self, name), exclusive_minimum=0)
+        integer("dino.local_crops", self.local_crops, minimum=0)
         for name in ("global_scale", "local_scale"):
-            lo_hi = getattr(self, name)
-            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-                raise ConfigError(f"dino.{name}", f"got {lo_hi!r}; must be [lo, hi] with 0 < lo <= hi <= 1")
-        if self.local_resolution is not None:
-            _positive("dino.local_resolution", self.local_resolution)
-        if self.local_frames is not None:
-            _positive("dino.local_frames", self.local_frames)
+            pair(f"dino.{name}", getattr(self, name), exclusive_minimum=0, maximum=1)
+        for name in ("local_resolution", "local_frames"):
+            if getattr(self, name) is not None:
+                integer(f"dino.{name}", getattr(self, name), exclusive_minimum=0)
         for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-            _positive(f"dino.{name}", getattr(self, name), integer=False)
-        _positive("dino.warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs, allow_zero=True)
-        _in_range("dino.center_momentum", self.center_momentum, 0.0, 1.0)
-        _in_range("dino.momentum_teacher", self.momentum_teacher, 0.0, 1.0)
-        _positive("dino.freeze_last_layer_epochs", self.freeze_last_layer_epochs, integer=False, allow_zero=True)
-        _positive("dino.koleo_weight", self.koleo_weight, integer=False, allow_zero=True)
-        _positive("dino.distill_weight", self.distill_weight, integer=False, allow_zero=True)
+            number(f"dino.{name}", getattr(self, name), exclusive_minimum=0)
+        integer("dino.warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs, minimum=0)
+        number("dino.center_momentum", self.center_momentum, minimum=0.0, maximum=1.0)
+        number("dino.momentum_teacher", self.momentum_teacher, minimum=0.0, maximum=1.0)
+        for name in ("freeze_last_layer_epochs", "koleo_weight", "distill_weight"):
+            number(f"dino.{name}", getattr(self, name), minimum=0)
         if self.distill_weight == 0 and self.koleo_weight == 0:
             raise ConfigError("dino.distill_weight", "got 0 with dino.koleo_weight=0: nothing would be trained; "
                                                      "one of the two must be > 0")
-        _choice("dino.patch_size", self.patch_size, (8, 16))
-        _flag("dino.fp32_last_layer", self.fp32_last_layer)
+        choice("dino.patch_size", self.patch_size, (8, 16))
+        flag("dino.fp32_last_layer", self.fp32_last_layer)
 
 
 @dataclass(frozen=True)
@@ -212,9 +154,9 @@ class EvalConfig:
     random_init: bool = True           # also evaluate the untrained backbone (the baseline), once
 
     def validate(self) -> None:
-        _positive("eval.knn_k", self.knn_k)
-        _positive("eval.knn_temperature", self.knn_temperature, integer=False)
-        _positive("eval.every_steps", self.every_steps, allow_zero=True)
+        integer("eval.knn_k", self.knn_k, exclusive_minimum=0)
+        number("eval.knn_temperature", self.knn_temperature, exclusive_minimum=0)
+        integer("eval.every_steps", self.every_steps, minimum=0)
 
 
 # Defaults that differ by method (None in RunConfig means "the method's default").
@@ -260,15 +202,14 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, METHODS)
+        choice("method", self.method, METHODS)
         for key, value in METHOD_DEFAULTS[self.method].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        _choice("size", self.size, tuple(SIZES))
-        _in_range("drop_rate", self.drop_rate, 0.0, 1.0, hi_open=True)
-        _positive("global_batch", self.global_batch)
-        _positive("micro_batch", self.micro_batch)
-        _positive("world_size", self.world_size)
+        choice("size", self.size, tuple(SIZES))
+        number("drop_rate", self.drop_rate, minimum=0.0, exclusive_maximum=1.0)
+        for name in ("global_batch", "micro_batch", "world_size"):
+            integer(name, getattr(self, name), exclusive_minimum=0)
         if self.global_batch % (self.micro_batch * self.world_size):
             raise ConfigError(
                 "global_batch",
@@ -278,29 +219,27 @@ class RunConfig:
             raise ConfigError("steps", "set exactly one of steps or samples "
                                        f"(got steps={self.steps!r}, samples={self.samples!r})")
         if self.steps is not None:
-            _positive("steps", self.steps)
+            integer("steps", self.steps, exclusive_minimum=0)
         else:
-            _positive("samples", self.samples)
+            integer("samples", self.samples, exclusive_minimum=0)
             if self.samples % self.global_batch:
                 raise ConfigError("samples", f"got {self.samples}; must be a multiple of global_batch="
                                              f"{self.global_batch} so every run sees exactly that many samples")
-        _positive("lr", self.lr, integer=False)
-        _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
-        _positive("lr_ref_batch", self.lr_ref_batch)
-        _positive("min_lr", self.min_lr, integer=False, allow_zero=True)
-        _in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0, hi_open=True)
-        _positive("weight_decay", self.weight_decay, integer=False, allow_zero=True)
-        _positive("weight_decay_end", self.weight_decay_end, integer=False, allow_zero=True)
-        _positive("clip_grad", self.clip_grad, integer=False, allow_zero=True)
-        _in_range("drop_path", self.drop_path, 0.0, 1.0, hi_open=True)
-        _flag("activation_checkpointing", self.activation_checkpointing)
-        _positive("seed", self.seed, allow_zero=True)
-        _choice("zero_stage", self.zero_stage, ZERO_STAGES)
+        number("lr", self.lr, exclusive_minimum=0)
+        choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
+        integer("lr_ref_batch", self.lr_ref_batch, exclusive_minimum=0)
+        for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+            number(name, getattr(self, name), minimum=0)
+        for name in ("warmup_fraction", "drop_path"):
+            number(name, getattr(self, name), minimum=0.0, exclusive_maximum=1.0)
+        flag("activation_checkpointing", self.activation_checkpointing)
+        integer("seed", self.seed, minimum=0)
+        choice("zero_stage", self.zero_stage, ZERO_STAGES)
         if self.offload and self.zero_stage != 3:
             raise ConfigError("offload", f"CPU offload needs zero_stage=3 (got zero_stage={self.zero_stage})")
-        _choice("precision", self.precision, PRECISIONS)
-        _positive("log_every", self.log_every)
-        _positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        choice("precision", self.precision, PRECISIONS)
+        integer("log_every", self.log_every, exclusive_minimum=0)
+        integer("checkpoint_every", self.checkpoint_every, minimum=0)
         self.data.validate()
         self.vatt.validate()
         self.dino.validate()
@@ -349,11 +288,11 @@ class RunConfig:
         Path(path).write_text(self.to_yaml())
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunConfig:
         return _build(cls, raw, prefix="")
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "RunConfig":
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
         """A YAML file (optional) plus dotted `key=value` overrides."""
         raw: dict[str, Any] = {}
         if path is not None:
@@ -365,13 +304,9 @@ class RunConfig:
                 raise ConfigError("config", f"{p} must hold a mapping of fields")
         return cls.from_dict(apply_overrides(raw, overrides))
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A new config with dotted-key changes, validated again."""
-        return RunConfig.from_dict(apply_overrides(self.to_dict(), [f"{k}={_yaml_value(v)}" for k, v in changes.items()]))
-
-
-def _yaml_value(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        return RunConfig.from_dict(apply_overrides(self.to_dict(), [f"{k}={yaml_value(v)}" for k, v in changes.items()]))
 
 
 def _number_or_self(value: Any) -> Any:

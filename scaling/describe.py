@@ -1,18 +1,23 @@
 """One-run layer: the cost of a RunConfig without training it: parameters by part, analytic
 FLOPs per sample (DropToken and multi-crop counted; model FLOPs, and hardware FLOPs with activation
 checkpointing's recompute), tokens, batch arithmetic, memory per GPU.
+
+Importing it loads no torch (`sweeps.commands` formats its tables with `human`): the FLOP and
+memory arithmetic is plain Python; only what builds or asks torch (`count_params`, the device of
+`resolved_precision`, hence `describe`) imports it, when called.
 """
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from scaling.config import RunConfig
-from scaling.losses import negatives_per_positive
-from scaling.models import build_model, crop_geometry
+from scaling.models import build_model, by_method, crop_geometry
+from scaling.models.geometry import AUDIO_PATCH, VOXEL, kept_tokens
 from scaling.models.sizes import SIZES, Size
-from scaling.models.tokenizers import AUDIO_PATCH, VOXEL, kept_tokens
+
+if TYPE_CHECKING:
+    from torch import nn
 
 VOXEL_DIM = 3 * VOXEL[0] * VOXEL[1] * VOXEL[2]
 
@@ -113,13 +118,33 @@ def _dino_costs(cfg: RunConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- params
+def _vatt_parts(cfg: RunConfig, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    parts = [("shared_backbone", model.video.transformer)] if cfg.vatt.shared_backbone else []
+    parts.append(("word_embeddings", model.text.tokenizer.embed))
+    parts += [(f"{name}_backbone", getattr(model, name)) for name in ("video", "audio", "text")]
+    return parts + [("heads", model.heads)]
+
+
+def _dino_parts(cfg: RunConfig, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [("backbone", model.student.backbone), ("head", model.student.head), ("teacher", model.teacher)]
+
+
+# Per method of scaling.config.METHODS: its analytic costs, and its parts (name, submodule) in counting order.
+COSTS: dict[str, Callable[[RunConfig], dict[str, Any]]] = {"vatt": _vatt_costs, "dino": _dino_costs}
+PARTS: dict[str, Callable[[RunConfig, nn.Module], list[tuple[str, nn.Module]]]] = {"vatt": _vatt_parts,
+                                                                                  "dino": _dino_parts}
+
+
 def count_params(cfg: RunConfig) -> dict[str, int]:
-    """Exact parameter counts by part, from the real module built on the meta device (no memory)."""
+    """Exact parameter counts by part, from the real module built on the meta device (no memory).
+    A parameter shared by two parts counts in the first (VATT's shared backbone)."""
+    import torch
+
     with torch.device("meta"):
         model = build_model(cfg)
     parts: dict[str, int] = {}
-
-    def add(name: str, module: torch.nn.Module, seen: set[int]) -> None:
+    seen: set[int] = set()
+    for name, module in by_method(PARTS, cfg.method)(cfg, model):
         n = 0
         for p in module.parameters():
             if id(p) not in seen:
@@ -127,19 +152,6 @@ def count_params(cfg: RunConfig) -> dict[str, int]:
                 n += p.numel()
         if n:
             parts[name] = n
-
-    seen: set[int] = set()
-    if cfg.method == "vatt":
-        if cfg.vatt.shared_backbone:
-            add("shared_backbone", model.video.transformer, seen)
-        add("word_embeddings", model.text.tokenizer.embed, seen)
-        for name in ("video", "audio", "text"):
-            add(f"{name}_backbone", getattr(model, name), seen)
-        add("heads", model.heads, seen)
-    else:
-        add("backbone", model.student.backbone, seen)
-        add("head", model.student.head, seen)
-        add("teacher", model.teacher, seen)
     parts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     parts["frozen"] = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     parts["total"] = parts["trainable"] + parts["frozen"]
@@ -150,7 +162,10 @@ def count_params(cfg: RunConfig) -> dict[str, int]:
 def resolved_precision(cfg: RunConfig, device: str | None = None) -> str:
     if cfg.precision != "auto":
         return cfg.precision
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return "bf16" if device == "cuda" else "fp32"
 
 
@@ -225,7 +240,7 @@ def activation_bytes(cfg: RunConfig, encoders: list[tuple[int, int, int]], preci
 
 
 def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
-    costs = _vatt_costs(cfg) if cfg.method == "vatt" else _dino_costs(cfg)
+    costs = by_method(COSTS, cfg.method)(cfg)
     params = count_params(cfg)
     flops = costs["flops"]
     per_sample = sum(flops.values())
@@ -241,6 +256,8 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
              "accumulation": cfg.accumulation, "world_size": cfg.world_size,
              "formula": f"{cfg.micro_batch} x {cfg.accumulation} x {cfg.world_size} = {cfg.global_batch}"}
     if cfg.method == "vatt":
+        from scaling.losses import negatives_per_positive
+
         batch["negatives_per_positive"] = negatives_per_positive(cfg.micro_batch, cfg.world_size)
     out = {
         "method": cfg.method,

@@ -33,7 +33,7 @@ def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) ->
     y -> x: for each bag, -log( sum_k e^{s(y_ik, x_i)} / sum_k sum_j e^{s(y_ik, x_j)} ).
     With K = 1 both reduce to the two directions of `nce_loss`.
     """
-    b, k, _ = y.shape
+    k = y.shape[1]
     x = gather_with_grad(F.normalize(x, dim=-1))
     y = gather_with_grad(F.normalize(y, dim=-1))
     n = x.shape[0]

@@ -1,12 +1,14 @@
 """One-run layer: what one training step of each method computes, independent of the engine.
 
-An objective turns a data batch into a loss and metrics, says what happens once per *optimizer*
-step (DINO's teacher EMA and centre), and names the feature used for evaluation.
+An objective (the `Objective` protocol) turns a data batch into a loss and metrics, says what
+happens once per *optimizer* step (DINO's teacher EMA and centre), names the feature used for
+evaluation, and carries its own checkpoint state. `OBJECTIVES` holds one class per method of
+`scaling.config.METHODS`; `build_objective` refuses any other method.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -14,11 +16,53 @@ from torch import nn
 from scaling.data.augment import MultiCrop, normalize
 from scaling.data.device import send
 from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
-from scaling.models import crop_geometry
-
+from scaling.models import by_method, crop_geometry
 
 # A metric is a detached 0-d tensor on the model's device, or a plain number.
 Metric = torch.Tensor | float
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """What the training loop (`scaling.train.loop`) and evaluation (`scaling.eval`) call on a
+    method's objective. `model` is the DeepSpeed engine (or the bare module outside it: every
+    method unwraps it); the objective keeps no reference to it between calls."""
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Metric]]:
+        """One micro-batch: the loss to backpropagate and its metrics, for optimizer step `step`
+        (0-based). `generator` draws the augmentation's randomness. Metrics are detached device
+        tensors or plain numbers; the loop reads them back only on logged steps. Called once per
+        micro-batch, so it must not change state that belongs to the optimizer step."""
+        ...
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Once per optimizer step, after `engine.step()` applied the update of step `step` (never
+        per micro-batch): what moves with the weights (DINO's teacher EMA and centre). Returns
+        scalars the loop logs with the step's metrics."""
+        ...
+
+    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation: the backbone features (B, D) of an evaluation input (`eval_input`)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The objective's own state that is the same on every rank (DINO's centre), saved in the
+        checkpoint's client state; {} when there is none."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (on resume, once the engine's checkpoint is loaded)."""
+        ...
+
+    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """The state that differs per rank (a 16-bit DINO teacher's fp32 shadow, its ZeRO
+        partition), saved by every rank beside the checkpoint; {} when there is none."""
+        ...
+
+    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore this rank's `rank_state_dict` (on resume, after the engine's checkpoint loaded)."""
+        ...
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -202,10 +246,12 @@ class DINOObjective:
             unwrap(model).load_teacher_shadow(state["teacher_fp32"])
 
 
-OBJECTIVES = {"vatt": VATTObjective, "dino": DINOObjective}
+# The objective of each method of scaling.config.METHODS (the models' table, scaling.models.MODEL_BUILDERS,
+# has the same keys; tests/models/test_method_dispatch.py checks both against METHODS).
+OBJECTIVES: dict[str, type[Objective]] = {"vatt": VATTObjective, "dino": DINOObjective}
 
 
-def build_objective(cfg, world_size: int = 1):
-    if cfg.method not in OBJECTIVES:
-        raise ValueError(f"method: no objective for {cfg.method!r}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[cfg.method](cfg, world_size)
+def build_objective(cfg, world_size: int = 1) -> Objective:
+    """The objective of `cfg.method` for a run over `world_size` ranks; ConfigError("method", ...)
+    for a method that is not one of scaling.config.METHODS."""
+    return by_method(OBJECTIVES, cfg.method)(cfg, world_size)

@@ -20,6 +20,7 @@ SUMMARY = "summary.json"        # the final metrics, FLOPs, params and wall time
 TB = "tb"                       # TensorBoard events
 CHECKPOINTS = "checkpoints"     # DeepSpeed checkpoints, one folder per saved step
 MODEL = "model.pt"              # the consolidated fp32 weights of a finished run
+EVAL = "eval.json"              # written by `scaling evaluate`: the evaluation again on MODEL
 JOB_RECORD = "job.json"         # written by a launcher: how and where the run was submitted
 HPARAMS_RUN = "hparams"         # the fixed TensorBoard sub-run of the HParams row
 

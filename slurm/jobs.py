@@ -11,24 +11,29 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from scaling import schema
 from scaling.config import ConfigError, RunConfig
+from scaling.schema import JOB_RECORD
 from scaling.train import rundir as rd
 from scaling.train.launch import cpu_share
+from scaling.validate import integer
 from slurm.cluster import FINAL_STATES, check_fits, job_states
 from slurm.profile import Profile, ProfileError, Resources
 
 LAUNCHERS = ("slurm", "local", "debug")
-JOB_RECORD = "job.json"
 LOGS = "logs"  # <run dir>/logs/<job id>/: submitit's pickles and one log pair per task
+log = logging.getLogger(__name__)
 
 
 class RunFailed(RuntimeError):
@@ -47,25 +52,28 @@ class TrainJob:
     def __call__(self) -> dict[str, Any]:
         import submitit
 
+        from scaling.logs import setup
+
+        setup()  # this task's lines go to its log files
         if "SUBMITIT_DEBUG_JOB_ID" not in os.environ:  # the debug launcher is one in-process rank
             env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            print(f"rank {env.rank} of world size {env.world_size} (local rank {env.local_rank}) on "
-                  f"{socket.gethostname()}; master {env.master_addr}:{env.master_port}", flush=True)
+            log.info(f"rank {env.rank} of world size {env.world_size} (local rank {env.local_rank}) on "
+                     f"{socket.gethostname()}; master {env.master_addr}:{env.master_port}")
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        cfg = RunConfig.load(Path(self.run_dir) / rd.CONFIG)
+        cfg = RunConfig.load(Path(self.run_dir) / schema.CONFIG)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world != cfg.world_size:
             raise ConfigError("world_size", f"the job has {world} tasks but the run was planned for "
                                             f"{cfg.world_size} ranks")
         summary = self.run(cfg)
-        reason = summary.get("end_reason", "completed")  # ranks other than 0 return {}
-        if reason == "deadline":
+        reason = summary.get(schema.END_REASON, schema.COMPLETED)  # ranks other than 0 return {}
+        if reason == schema.DEADLINE:
             self._requeue()
             return summary
-        if reason.startswith("nonfinite") or reason.startswith("error"):
+        if reason.startswith(("nonfinite", "error")):
             raise RunFailed(f"{self.run_dir}: {reason}")
         return summary
 
@@ -95,11 +103,11 @@ class TrainJob:
         if int(os.environ.get("RANK", "0")) != 0:
             return
         path = Path(self.run_dir) / JOB_RECORD
-        record = json.loads(path.read_text()) if path.is_file() else {}
+        record = read_record(self.run_dir)
         record["timeout_requeues"] = record.get("timeout_requeues", 0) + 1
         rd.write_json(path, record)
-        print(f"time limit near: requeuing job {os.environ['SLURM_JOB_ID']} "
-              f"({record['timeout_requeues']} of {self.max_requeues})", flush=True)
+        log.info(f"time limit near: requeuing job {os.environ['SLURM_JOB_ID']} "
+                 f"({record['timeout_requeues']} of {self.max_requeues})")
         done = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True)
         if done.returncode != 0:
             raise RunFailed(f"scontrol requeue failed: {done.stderr.strip()}")
@@ -113,8 +121,7 @@ class TrainJob:
 
 
 def _timeout_requeues(run_dir: str) -> int:
-    path = Path(run_dir) / JOB_RECORD
-    return json.loads(path.read_text()).get("timeout_requeues", 0) if path.is_file() else 0
+    return read_record(run_dir).get("timeout_requeues", 0)
 
 
 def make_executor(launcher: str, folder: Path, *, profile: Profile | None = None, res: Resources | None = None,
@@ -167,7 +174,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> None:
 
 def _record(run_dir: Path, job, launcher: str, profile: Profile | None, res: Resources | None) -> dict[str, Any]:
     path = Path(run_dir) / JOB_RECORD
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous = read_record(run_dir)
     history = previous.get("history", [])
     if previous.get("job_id"):
         history.append({k: previous[k] for k in ("job_id", "launcher", "submitted_at") if k in previous})
@@ -204,9 +211,8 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
         raise ConfigError("--nproc", "the debug launcher runs one rank in this process; use --nproc 1")
     if res is not None and any(cfg.world_size != res.ranks for cfg, _ in runs):
         raise ConfigError("world_size", f"the runs must plan for {res.ranks} ranks (nodes x tasks per node)")
-    if parallelism is not None and (isinstance(parallelism, bool) or not isinstance(parallelism, int)
-                                    or parallelism < 1):
-        raise ConfigError("--parallelism", f"got {parallelism!r}; must be an integer >= 1")
+    if parallelism is not None:
+        integer("--parallelism", parallelism, minimum=1)
 
     run_dirs = [Path(d).resolve() for _, d in runs]
     if len(set(run_dirs)) != len(run_dirs):
@@ -242,8 +248,8 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
 
 # ----------------------------------------------------------------------------- following jobs
 def read_record(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / JOB_RECORD
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The run's job.json (how and where it was submitted), or {} when it has none."""
+    return schema.read_json(Path(run_dir) / JOB_RECORD)
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -256,7 +262,7 @@ def _pid_alive(pid: Any) -> bool:
 
 def _ended_since_submit(run_dir: Path) -> bool:
     """A summary.json written after the latest submission: this job's run has ended."""
-    summary, record = Path(run_dir) / rd.SUMMARY, Path(run_dir) / JOB_RECORD
+    summary, record = Path(run_dir) / schema.SUMMARY, Path(run_dir) / JOB_RECORD
     return summary.is_file() and record.is_file() and summary.stat().st_mtime >= record.stat().st_mtime
 
 
@@ -274,14 +280,14 @@ def run_states(run_dirs: Sequence[Path]) -> dict[Path, str]:
         elif rec["launcher"] in ("local", "debug") and not _ended_since_submit(run_dir) and _pid_alive(rec.get("pid")):
             states[run_dir] = "RUNNING"
         else:
-            reason = rd.read_summary(run_dir).get("end_reason")
-            states[run_dir] = "COMPLETED" if reason == "completed" else ("FAILED" if reason else "UNKNOWN")
+            reason = schema.read_summary(run_dir).get(schema.END_REASON)
+            states[run_dir] = "COMPLETED" if reason == schema.COMPLETED else ("FAILED" if reason else "UNKNOWN")
     return states
 
 
 def progress(run_dir: Path) -> dict[str, Any]:
     """The run's last logged step and metrics (from the tail of metrics.jsonl)."""
-    path = Path(run_dir) / rd.METRICS
+    path = Path(run_dir) / schema.METRICS
     last: dict[str, Any] = {}
     if path.is_file():
         with path.open("rb") as f:
@@ -297,8 +303,7 @@ def progress(run_dir: Path) -> dict[str, Any]:
     return last
 
 
-def wait(jobs: Sequence, run_dirs: Sequence[Path], *, poll_s: float = 5.0,
-         report: Callable[[str], None] = print) -> dict[Path, str]:
+def wait(jobs: Sequence, run_dirs: Sequence[Path], *, poll_s: float = 5.0) -> dict[Path, str]:
     """Block until every run's job has ended; returns each run's end reason ('completed' or why not)."""
     run_dirs = [Path(d) for d in run_dirs]
     launcher = read_record(run_dirs[0]).get("launcher")
@@ -307,18 +312,18 @@ def wait(jobs: Sequence, run_dirs: Sequence[Path], *, poll_s: float = 5.0,
             try:
                 job.wait() if launcher == "local" else job.result()
             except Exception as err:  # the run's own summary says what happened
-                report(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
+                log.info(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}")
     else:
         shown, unknown_polls = None, 0
         while True:
             states = run_states(run_dirs)
             line = "  ".join(f"{d.name}: {s} step {progress(d).get('step', 0)}" for d, s in states.items())
             if line != shown:
-                report(line)
+                log.info(line)
                 shown = line
             # A job the controller no longer knows has ended too (purged after MinJobAge); ask twice more.
             unknown_polls = unknown_polls + 1 if "UNKNOWN" in states.values() else 0
             if all(s in FINAL_STATES or (s == "UNKNOWN" and unknown_polls >= 3) for s in states.values()):
                 break
             time.sleep(poll_s)
-    return {d: rd.read_summary(d).get("end_reason", "no summary") for d in run_dirs}
+    return {d: schema.read_summary(d).get(schema.END_REASON, "no summary") for d in run_dirs}

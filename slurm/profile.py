@@ -1,8 +1,9 @@
 """Where-layer: cluster profiles (slurm/profiles/*.yaml) and the resources a run asks for.
 
 A profile describes a partition's nodes and site settings; `resources()` turns a rank count into
-nodes x tasks per node (one task per GPU, or one per rank on CPU nodes) and a time limit. Every
-mistake raises ProfileError naming the field, before anything reaches sbatch.
+nodes x tasks per node (one task per GPU, or one per rank on CPU nodes) and a time limit, and
+`launcher_resources()` does so for a launcher (slurm, local, debug). Every mistake raises ProfileError
+naming the field, before anything reaches sbatch.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
-from scaling.config import ConfigError, load_named_yaml
+from scaling.validate import ConfigError, integer, load_named_yaml, text
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 
@@ -83,28 +83,15 @@ class Profile:
     sbatch: dict[str, Any] = field(default_factory=dict)  # other sbatch options, passed through
 
     def __post_init__(self) -> None:
-        def integer(name: str, lo: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ProfileError(name, f"got {value!r}; must be an integer >= {lo} (profile {self.name!r})")
-
-        def text(name: str, required: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and not required:
-                return
-            if not isinstance(value, str) or not value.strip():
-                need = "is required: " if required and value is None else f"got {value!r}; "
-                raise ProfileError(name, f"{need}must be a non-empty string (profile {self.name!r})")
-
-        text("partition", required=True)
+        where = dict(error=ProfileError, note=f"profile {self.name!r}")
+        text("partition", self.partition, **where)
         for name in ("account", "qos", "constraint", "python"):
-            text(name)
-        integer("gpus_per_node", 0)
-        integer("cpus_per_task", 1)
-        integer("signal_delay_s", 0)
-        integer("max_timeout_requeues", 0)
+            text(name, getattr(self, name), optional=True, **where)
+        for name, lowest in (("gpus_per_node", 0), ("cpus_per_task", 1), ("signal_delay_s", 0),
+                             ("max_timeout_requeues", 0)):
+            integer(name, getattr(self, name), minimum=lowest, **where)
         if self.tasks_per_node is not None:
-            integer("tasks_per_node", 1)
+            integer("tasks_per_node", self.tasks_per_node, minimum=1, **where)
             if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
                 raise ProfileError("tasks_per_node", f"got {self.tasks_per_node} on nodes with gpus_per_node="
                                    f"{self.gpus_per_node}; GPU runs use one task per GPU, so leave it out "
@@ -131,7 +118,7 @@ class Profile:
         return time_minutes(self.time)
 
     @classmethod
-    def from_dict(cls, data: Any, name: str) -> "Profile":
+    def from_dict(cls, data: Any, name: str) -> Profile:
         if not isinstance(data, dict):
             raise ProfileError("profile", f"{name!r} must be a mapping of fields, got {type(data).__name__}")
         allowed = [f.name for f in fields(cls) if f.name != "name"]
@@ -177,14 +164,12 @@ class Resources:
 
 def resources(profile: Profile, nproc: int, *, nodes: int | None = None, time: str | int | None = None) -> Resources:
     """Split `nproc` ranks into nodes x tasks per node on `profile`'s nodes, one task per GPU."""
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ProfileError("--nproc", f"got {nproc!r}; must be an integer >= 1")
+    integer("--nproc", nproc, minimum=1, error=ProfileError)
     per_node = profile.gpus_per_node or profile.tasks_per_node or nproc
     unit = "GPUs" if profile.gpus_per_node else "tasks"
     if nodes is None:
         nodes = math.ceil(nproc / per_node)
-    elif isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
-        raise ProfileError("--nodes", f"got {nodes!r}; must be an integer >= 1")
+    integer("--nodes", nodes, minimum=1, error=ProfileError)
     if nproc % nodes:
         raise ProfileError("--nproc", f"{nproc} ranks do not split evenly over {nodes} node(s); use a multiple "
                            f"of {nodes}, or a multiple of {per_node} ({unit} per node on profile {profile.name!r})")
@@ -199,3 +184,39 @@ def resources(profile: Profile, nproc: int, *, nodes: int | None = None, time: s
         raise ProfileError("--time", f"got {time!r}; expected minutes or [D-]HH:MM:SS, at least 1 minute") from None
     return Resources(nodes=nodes, tasks_per_node=tasks, gpus_per_node=tasks if profile.gpus_per_node else 0,
                      cpus_per_task=profile.cpus_per_task, mem=profile.mem, time_min=time_min)
+
+
+LAUNCHER_TYPES = ("slurm", "local", "debug")
+
+
+def launcher_resources(launcher_type: str, profile_name: str | Path | None, nproc: int, *, nodes: int | None = None,
+                       time: str | int | None = None, prefix: str = "--") -> tuple[Profile | None, Resources | None]:
+    """What a launcher submits with: (the profile sbatch needs, the resources of each run).
+
+    slurm: `profile_name` is required (a name in slurm/profiles or a .yaml path); returns (profile, resources).
+    local: this machine, as the 'local' profile (or `profile_name`) describes it, on one node unless
+    `nodes` says otherwise; returns (None, resources), as the local launcher takes no profile.
+    debug: one rank in this process; returns (None, None) and checks nothing.
+    Mistakes raise ProfileError naming the CLI flag ("--profile", "--nproc", "--nodes", "--time") or the
+    profile's field; with another `prefix` (e.g. "launcher." for a sweep spec) every field is
+    `prefix + name` instead ("launcher.profile", "launcher.nproc", "launcher.gpus_per_node").
+    """
+    try:
+        if launcher_type not in LAUNCHER_TYPES:
+            raise ProfileError("--launcher" if prefix == "--" else "--type",  # --type: the spec's launcher.type
+                               f"got {launcher_type!r}; allowed values: {', '.join(map(repr, LAUNCHER_TYPES))}")
+        if launcher_type == "debug":
+            return None, None
+        if launcher_type == "local":
+            local = load_profile("local" if profile_name is None else profile_name)
+            return None, resources(local, nproc, nodes=1 if nodes is None else nodes, time=time)
+        if profile_name is None:
+            who = "--launcher slurm" if prefix == "--" else "a slurm launcher"
+            raise ProfileError("--profile", f"{who} needs a profile; available: {', '.join(available_profiles())} "
+                                            f"(or a path to a .yaml file)")
+        profile = load_profile(profile_name)
+        return profile, resources(profile, nproc, nodes=nodes, time=time)
+    except ProfileError as err:
+        if prefix == "--":
+            raise
+        raise ProfileError(f"{prefix}{err.field.lstrip('-')}", err.message) from None

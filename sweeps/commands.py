@@ -2,17 +2,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sweeps.spec import SweepSpec, point_key
-from sweeps.study import (create_trial, finish, not_its_fault, open_study, points_owed, reconcile, submit_lock,
-                          trial_rows, with_retries)
 from sweeps.storage import storage_url
+from sweeps.study import (
+    create_trial,
+    finish,
+    not_its_fault,
+    open_study,
+    points_owed,
+    reconcile,
+    set_user_attr,
+    submit_lock,
+    trial_rows,
+)
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- plan
@@ -32,8 +44,12 @@ def plan(spec: SweepSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def print_plan(spec: SweepSpec, rows: list[dict[str, Any]], say: Callable[[str], None] = print) -> None:
+def plan_text(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
+    """The plan as the table `scaling sweep plan` prints."""
     from scaling.describe import human
+
+    lines: list[str] = []
+    say = lines.append
 
     axes = list(dict.fromkeys(k for r in rows for k in r["point"]))
     say(f"sweep {spec.name}: {spec.trials} trial(s), {'TPE over ' + ', '.join(spec.search) if spec.is_search else 'grid'}"
@@ -41,8 +57,9 @@ def print_plan(spec: SweepSpec, rows: list[dict[str, Any]], say: Callable[[str],
     head = "".join(f"{a.split('.')[-1]:>13}" for a in axes)
     say(f"{head} {'params':>9} {'FLOPs':>9} {'mem/GPU':>9} {'GPU-h':>9}" + ("  trials" if spec.is_search else ""))
     for r in rows:
-        cells = "".join(f"{str(r['point'].get(a, '')):>13}" for a in axes)
-        say(f"{cells} {human(r['params'], digits=1, sep=''):>9} {human(r['flops'], digits=1, sep=''):>9} {human(r['memory_per_gpu'], 'B', 1, ''):>9} "
+        cells = "".join(f"{r['point'].get(a, '')!s:>13}" for a in axes)
+        say(f"{cells} {human(r['params'], digits=1, sep=''):>9} {human(r['flops'], digits=1, sep=''):>9} "
+            f"{human(r['memory_per_gpu'], 'B', 1, ''):>9} "
             f"{r['gpu_hours']:>9.3g}" + (f"  {r['trials']:.3g}" if spec.is_search else ""))
     total = sum(r["gpu_hours"] for r in rows)
     say(f"total: {sum(r['flops'] * r['trials'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at "
@@ -50,26 +67,28 @@ def print_plan(spec: SweepSpec, rows: list[dict[str, Any]], say: Callable[[str],
         f"(search axes at their lower bound)" if spec.is_search else
         f"total: {sum(r['flops'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at {spec.estimate['mfu']:.0%} MFU "
         f"of {spec.estimate['peak_tflops']:g} TFLOP/s")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- submit
 def _launch(spec: SweepSpec, launcher: dict[str, Any]):
-    from slurm.profile import load_profile, resources
+    """(profile, resources) of the spec's launcher; a local sweep runs on the 'local' profile."""
+    from slurm.profile import launcher_resources
 
     kind = launcher["type"]
-    if kind == "slurm":
-        profile = load_profile(launcher["profile"])
-        return profile, resources(profile, launcher["nproc"], time=launcher.get("time"))
-    if kind == "local":
-        return None, resources(load_profile("local"), launcher["nproc"], nodes=1, time=launcher.get("time"))
-    return None, None
+    return launcher_resources(kind, launcher.get("profile") if kind == "slurm" else None, launcher["nproc"],
+                              time=launcher.get("time"), prefix="launcher.")
 
 
-def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callable[[str], None] = print):
-    """Create and submit the trials still owed (one job array); returns their numbers and jobs."""
+def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, *, quiet: bool = False):
+    """Create and submit the trials still owed (one job array); returns their numbers and jobs.
+
+    What it does is logged at INFO (at DEBUG when `quiet`: a sweep being followed is topped up).
+    """
     from slurm.jobs import submit as submit_jobs
     from sweeps.trial_job import TrialJob
 
+    say = log.debug if quiet else log.info
     launcher = {**spec.launcher, **(launcher or {})}
     profile, res = _launch(spec, launcher)
     if launcher["type"] == "slurm":
@@ -97,6 +116,7 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
             jobs = submit_jobs(runs, launcher["type"], profile=profile, res=res, logs=Path(spec.dir) / "logs",
                                parallelism=launcher.get("parallelism"), job_name=spec.name,
                                make_job=lambda d: TrialJob(d, storage=url, study_name=spec.name,
+                                                           # no public trial id: Trial(study, id) needs it
                                                            trial_id=by_dir[d]._trial_id, metric=spec.metric,
                                                            pruner=dict(spec.pruner),
                                                            baseline_cache=str(Path(spec.dir).resolve() / "random_init")))
@@ -108,7 +128,7 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
             raise
         for (trial, params), job in zip(created, jobs):
             for name, value in (("job_id", str(job.job_id)), ("launcher", launcher["type"])):
-                with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, name, value))
+                set_user_attr(study, trial, name, value)
             say(f"trial {trial.number}: job {job.job_id} {params}")
     if launcher["type"] == "debug":  # submitit's debug jobs run here, when their result is asked for
         for (trial, _), job in zip(created, jobs):
@@ -119,7 +139,7 @@ def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, say: Callabl
     return [trial.number for trial, _ in created], jobs
 
 
-def _local_slots(spec: SweepSpec, study, launcher: dict[str, Any], owed: list, say) -> list:
+def _local_slots(spec: SweepSpec, study, launcher: dict[str, Any], owed: list, say=log.info) -> list:
     """The local executor has no queue: it starts every job it is given at once. So at most
     `parallelism` trials run at a time, and the rest are submitted as those finish (by `wait`)."""
     if launcher["type"] != "local" or spec.is_search:  # search sweeps are already sized to the free slots
@@ -147,27 +167,30 @@ def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def print_status(spec: SweepSpec, rows: list[dict[str, Any]], as_json: bool, say: Callable[[str], None] = print) -> None:
+def status_text(spec: SweepSpec, rows: list[dict[str, Any]], as_json: bool) -> str:
+    """The status as `scaling sweep status` prints it: a table, or JSON."""
     if as_json:
-        say(json.dumps({"sweep": spec.name, "counts": counts(rows), "trials": rows}, indent=2, default=str))
-        return
+        return json.dumps({"sweep": spec.name, "counts": counts(rows), "trials": rows}, indent=2, default=str)
+    lines: list[str] = []
+    say = lines.append
     axes = list(dict.fromkeys(k for r in rows for k in r["params"]))
     say("".join(f"{'trial':>6}") + "".join(f"{a.split('.')[-1]:>13}" for a in axes)
         + f" {'state':>9} {'job':>10} {'step':>7} {spec.metric:>11}")
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.4g}"
         params = "".join(f"{_short(r['params'].get(a, '')):>13}" for a in axes)
-        say(f"{r['number']:>6}{params} {r['state']:>9} {str(r['job_id'] or '-'):>10} {str(r['step'] or '-'):>7} {value:>11}")
+        say(f"{r['number']:>6}{params} {r['state']:>9} {r['job_id'] or '-'!s:>10} {r['step'] or '-'!s:>7} {value:>11}")
     c = counts(rows)
     owed = max(0, spec.trials - c.get("COMPLETE", 0) - c.get("PRUNED", 0) - c.get("RUNNING", 0))
     say(f"{spec.name}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items())) + f"; {owed} still to run")
+    return "\n".join(lines)
 
 
 def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def cancel(spec: SweepSpec, say: Callable[[str], None] = print) -> int:
+def cancel(spec: SweepSpec) -> int:
     """Cancel the jobs of running trials and mark them FAIL (cancelled: retried by the next submit)."""
     with submit_lock(spec):
         study = open_study(spec)
@@ -185,9 +208,9 @@ def cancel(spec: SweepSpec, say: Callable[[str], None] = print) -> int:
                     pass
             not_its_fault(study, t)
             finish(study, t, "FAIL", reason="cancelled")
-            say(f"trial {t.number}: cancelled job {job}")
+            log.info(f"trial {t.number}: cancelled job {job}")
             n += 1
-        say(f"{n} trial(s) cancelled")
+        log.info(f"{n} trial(s) cancelled")
         return n
 
 
@@ -196,8 +219,7 @@ def tensorboard_command(spec: SweepSpec) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- waiting
-def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float = 5.0,
-         say: Callable[[str], None] = print) -> dict[str, int]:
+def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float = 5.0) -> dict[str, int]:
     """Follow the sweep until no trial is running or owed; search sweeps, and any sweep on the local
     executor, are topped up as slots free."""
     start, last = time.time(), None
@@ -209,7 +231,7 @@ def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float 
         kind = {**spec.launcher, **(launcher or {})}
         topped_up = spec.is_search or kind["type"] == "local"  # no queue: trials start as slots free
         if topped_up and running < kind.get("parallelism", 1) and done + running < spec.trials:
-            numbers, _ = submit(spec, launcher, say=lambda _l: None)
+            numbers, _ = submit(spec, launcher, quiet=True)
             if numbers:  # a freed slot was filled: look again at once
                 continue
         current = next((r for r in rows if r["state"] == "RUNNING" and r["step"]), None)
@@ -222,11 +244,11 @@ def wait(spec: SweepSpec, launcher: dict[str, Any] | None = None, poll_s: float 
                    if current and isinstance(current.get("loss"), (int, float)) else "")
                 + (f" | ETA {eta / 60:.1f} min" if eta is not None and remaining else ""))
         if line != last:
-            say(line)
+            log.info(line)
             last = line
         if running == 0:
             owed, _ = _owed_now(spec)
-            if not owed or not submit(spec, launcher, say=say)[0]:  # retries of failed trials
+            if not owed or not submit(spec, launcher)[0]:  # retries of failed trials
                 return c
         time.sleep(poll_s)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,15 @@ from typing import Any
 
 import yaml
 
-from scaling.config import CONFIGS, ConfigError, RunConfig, load_named_yaml
+from scaling.config import CONFIGS, RunConfig
+from scaling.validate import ConfigError, choice, finite_number, integer, load_named_yaml, mapping, number, text, yaml_value
+from slurm.profile import LAUNCHER_TYPES, ProfileError, launcher_resources
+
+is_finite_number = finite_number  # its old name here; scaling.schema.finite_number is the one
 
 SPEC_KEYS = ("name", "description", "base", "fixed", "per_method", "grid", "search", "trials", "objective",
              "pruner", "storage", "launcher", "retries", "dir", "seed", "estimate")
 LAUNCHER_KEYS = ("type", "profile", "nproc", "parallelism", "time")
-LAUNCHER_TYPES = ("slurm", "local", "debug")
 DIRECTIONS = ("maximize", "minimize")
 PRUNERS = ("none", "median", "hyperband")
 PRUNER_KEYS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
@@ -70,7 +72,7 @@ def parse_search(key: str, text: Any) -> Search:
         if not args:
             raise SpecError(f"search.{key}", "choice() needs at least one value")
         return Search(kind, args)
-    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+    if len(args) != 2 or not all(finite_number(a) for a in args):
         raise SpecError(f"search.{key}", f"{kind}() takes two numbers (lo, hi), got {text!r}")
     lo, hi = args
     if not lo < hi or (kind in ("loguniform", "logint") and lo <= 0):
@@ -132,7 +134,7 @@ class SweepSpec:
         method = params.get("method", self.fixed.get("method"))
         merged = {**self.fixed, **self.per_method.get(method, {}), **params,
                   "world_size": self.launcher.get("nproc", 1)}
-        return [f"{k}={_yaml_value(v)}" for k, v in merged.items()]
+        return [f"{k}={yaml_value(v)}" for k, v in merged.items()]
 
     def run_config(self, params: dict[str, Any]) -> RunConfig:
         return RunConfig.load(self.base, self.overrides(params))
@@ -141,18 +143,8 @@ class SweepSpec:
         return self.dir / "trials" / point_key(params)
 
 
-def _yaml_value(v: Any) -> str:
-    if isinstance(v, (list, dict)):
-        return yaml.safe_dump(v, default_flow_style=True).strip()
-    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-
-
 def _mapping(key: str, value: Any) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SpecError(key, f"must be a mapping, got {type(value).__name__}")
-    return value
+    return mapping(key, value, error=SpecError)
 
 
 def _expand_grid(raw: Any) -> tuple[dict[str, Any], ...]:
@@ -203,91 +195,15 @@ def load_spec(path: str | Path, *, check_storage: bool = True) -> SweepSpec:
     unknown = sorted(set(raw) - set(SPEC_KEYS))
     if unknown:
         raise SpecError(unknown[0], f"unknown sweep spec key; allowed keys: {', '.join(SPEC_KEYS)}")
-    name = raw.get("name") or path.stem
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise SpecError("name", f"got {name!r}; use letters, digits, '_', '.', '-'")
-
-    fixed = _mapping("fixed", raw.get("fixed"))
-    per_method = _mapping("per_method", raw.get("per_method"))
-    for method, overrides in per_method.items():
-        if method not in ("vatt", "dino"):
-            raise SpecError(f"per_method.{method}", "allowed methods: vatt, dino")
-        _mapping(f"per_method.{method}", overrides)
-    grid = _expand_grid(raw.get("grid"))
-    search_raw = _mapping("search", raw.get("search"))
-    search = {k: parse_search(k, v) for k, v in search_raw.items()}
-    clash = sorted({k for p in grid for k in p} & set(search))
-    if clash:
-        raise SpecError(f"search.{clash[0]}", "is also a grid axis; an axis is either grid or search")
-
-    trials = raw.get("trials")
-    if search:
-        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-            raise SpecError("trials", f"got {trials!r}; a search sweep needs the number of trials (an integer >= 1)")
-    elif trials is not None:
-        raise SpecError("trials", "applies to search sweeps only; a grid sweep runs each grid point once")
-    else:
-        trials = len(grid)
-
-    objective = _mapping("objective", raw.get("objective"))
-    bad = sorted(set(objective) - {"metric", "direction"})
-    if bad:
-        raise SpecError(f"objective.{bad[0]}", "unknown key; allowed keys: metric, direction")
-    metric = objective.get("metric", "knn_top1")
-    if metric not in OBJECTIVE_METRICS:
-        raise SpecError("objective.metric", f"got {metric!r}; allowed values: {', '.join(OBJECTIVE_METRICS)}")
-    direction = objective.get("direction", "minimize" if metric == "loss" else "maximize")
-    if direction not in DIRECTIONS:
-        raise SpecError("objective.direction", f"got {direction!r}; allowed values: {', '.join(DIRECTIONS)}")
-
-    pruner = dict(_mapping("pruner", raw.get("pruner")) or {"type": "none"})
-    ptype = pruner.get("type", "none")
-    if ptype not in PRUNERS:
-        raise SpecError("pruner.type", f"got {ptype!r}; allowed values: {', '.join(PRUNERS)}")
-    bad = sorted(set(pruner) - {"type", *PRUNER_KEYS[ptype]})
-    if bad:
-        raise SpecError(f"pruner.{bad[0]}", f"unknown for a {ptype} pruner; allowed keys: "
-                                            f"{', '.join(('type', *PRUNER_KEYS[ptype]))}")
-    for key in PRUNER_KEYS[ptype]:
-        if key in pruner and (isinstance(pruner[key], bool) or not isinstance(pruner[key], int) or pruner[key] < 0):
-            raise SpecError(f"pruner.{key}", f"got {pruner[key]!r}; must be an integer >= 0")
-
-    launcher = dict(_mapping("launcher", raw.get("launcher")) or {"type": "local"})
-    bad = sorted(set(launcher) - set(LAUNCHER_KEYS))
-    if bad:
-        raise SpecError(f"launcher.{bad[0]}", f"unknown key; allowed keys: {', '.join(LAUNCHER_KEYS)}")
-    launcher.setdefault("type", "local")
-    if launcher["type"] not in LAUNCHER_TYPES:
-        raise SpecError("launcher.type", f"got {launcher['type']!r}; allowed values: {', '.join(LAUNCHER_TYPES)}")
-    for key in ("nproc", "parallelism"):
-        value = launcher.get(key, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpecError(f"launcher.{key}", f"got {value!r}; must be an integer >= 1")
-    launcher.setdefault("nproc", 1)
-    if launcher["type"] == "slurm":
-        from slurm.profile import load_profile, resources
-
-        if "profile" not in launcher:
-            raise SpecError("launcher.profile", "a slurm launcher needs a cluster profile (name or .yaml path)")
-        try:
-            resources(load_profile(_relative(launcher["profile"], path)), launcher["nproc"], time=launcher.get("time"))
-        except ConfigError as err:
-            raise SpecError(f"launcher.{err.field.lstrip('-')}", str(err).split(": ", 1)[1]) from None
-        launcher["profile"] = _relative(launcher["profile"], path)
-
-    retries = raw.get("retries", 2)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise SpecError("retries", f"got {retries!r}; must be an integer >= 0")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SpecError("seed", f"got {seed!r}; the sampler seed must be an integer")
-    estimate = {"peak_tflops": 989.0, "mfu": 0.4, **_mapping("estimate", raw.get("estimate"))}
-    bad = sorted(set(estimate) - set(ESTIMATE_KEYS))
-    if bad:
-        raise SpecError(f"estimate.{bad[0]}", f"unknown key; allowed keys: {', '.join(ESTIMATE_KEYS)}")
-    if not all(isinstance(v, (int, float)) and v > 0 for v in estimate.values()) or estimate["mfu"] > 1:
-        raise SpecError("estimate", f"got {estimate!r}; peak_tflops > 0 and 0 < mfu <= 1")
-
+    name = text("name", raw.get("name") or path.stem, pattern=r"[A-Za-z0-9_.-]+", error=SpecError,
+                note="use letters, digits, '_', '.', '-'")
+    fixed, per_method = _overrides(raw)
+    grid, search, trials = _axes(raw)
+    metric, direction = _objective(raw)
+    pruner, launcher = _pruner(raw), _launcher(raw, path)
+    retries = integer("retries", raw.get("retries", 2), minimum=0, error=SpecError)
+    seed = integer("seed", raw.get("seed", 0), error=SpecError, note="the sampler seed")
+    estimate = _estimate(raw)
     sweep_dir = Path(raw.get("dir") or Path("runs") / "sweeps" / name)
     spec = SweepSpec(name=name, path=path.resolve(), base=_resolve_base(raw.get("base"), path), fixed=fixed,
                      per_method=per_method, grid=grid, search=search, trials=trials, metric=metric,
@@ -296,10 +212,95 @@ def load_spec(path: str | Path, *, check_storage: bool = True) -> SweepSpec:
                      description=str(raw.get("description", "")))
     _check_run_configs(spec)
     if check_storage:
-        from sweeps.storage import check_storage as probe
+        from sweeps.storage import storage_problem
 
-        probe(spec)
+        problem = storage_problem(spec)
+        if problem is not None:
+            raise SpecError("storage", problem)
     return spec
+
+
+def _overrides(raw: dict) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """`fixed` and `per_method`: the overrides every trial (of a method) gets."""
+    fixed = _mapping("fixed", raw.get("fixed"))
+    per_method = _mapping("per_method", raw.get("per_method"))
+    for method, overrides in per_method.items():
+        choice(f"per_method.{method}", method, ("vatt", "dino"), error=SpecError, note="the keys are methods")
+        _mapping(f"per_method.{method}", overrides)
+    return fixed, per_method
+
+
+def _axes(raw: dict) -> tuple[tuple[dict[str, Any], ...], dict[str, Search], int]:
+    """The grid points, the search axes, and the number of trials."""
+    grid = _expand_grid(raw.get("grid"))
+    search = {k: parse_search(k, v) for k, v in _mapping("search", raw.get("search")).items()}
+    clash = sorted({k for p in grid for k in p} & set(search))
+    if clash:
+        raise SpecError(f"search.{clash[0]}", "is also a grid axis; an axis is either grid or search")
+    trials = raw.get("trials")
+    if search:
+        return grid, search, integer("trials", trials, minimum=1, error=SpecError,
+                                     note="a search sweep needs the number of trials")
+    if trials is not None:
+        raise SpecError("trials", "applies to search sweeps only; a grid sweep runs each grid point once")
+    return grid, search, len(grid)
+
+
+def _objective(raw: dict) -> tuple[str, str]:
+    """(metric, direction); the direction defaults to minimize for the loss, else maximize."""
+    objective = _mapping("objective", raw.get("objective"))
+    bad = sorted(set(objective) - {"metric", "direction"})
+    if bad:
+        raise SpecError(f"objective.{bad[0]}", "unknown key; allowed keys: metric, direction")
+    metric = choice("objective.metric", objective.get("metric", "knn_top1"), OBJECTIVE_METRICS, error=SpecError)
+    direction = objective.get("direction", "minimize" if metric == "loss" else "maximize")
+    return metric, choice("objective.direction", direction, DIRECTIONS, error=SpecError)
+
+
+def _pruner(raw: dict) -> dict[str, Any]:
+    pruner = dict(_mapping("pruner", raw.get("pruner")) or {"type": "none"})
+    ptype = choice("pruner.type", pruner.get("type", "none"), PRUNERS, error=SpecError)
+    bad = sorted(set(pruner) - {"type", *PRUNER_KEYS[ptype]})
+    if bad:
+        raise SpecError(f"pruner.{bad[0]}", f"unknown for a {ptype} pruner; allowed keys: "
+                                            f"{', '.join(('type', *PRUNER_KEYS[ptype]))}")
+    for key in PRUNER_KEYS[ptype]:
+        if key in pruner:
+            integer(f"pruner.{key}", pruner[key], minimum=0, error=SpecError)
+    return pruner
+
+
+def _launcher(raw: dict, spec_path: Path) -> dict[str, Any]:
+    """The launcher, its profile and resources checked as `sweep submit` will ask for them."""
+    launcher = dict(_mapping("launcher", raw.get("launcher")) or {"type": "local"})
+    bad = sorted(set(launcher) - set(LAUNCHER_KEYS))
+    if bad:
+        raise SpecError(f"launcher.{bad[0]}", f"unknown key; allowed keys: {', '.join(LAUNCHER_KEYS)}")
+    launcher.setdefault("type", "local")
+    choice("launcher.type", launcher["type"], LAUNCHER_TYPES, error=SpecError)
+    for key in ("nproc", "parallelism"):
+        integer(f"launcher.{key}", launcher.get(key, 1), minimum=1, error=SpecError)
+    launcher.setdefault("nproc", 1)
+    if "profile" in launcher:
+        launcher["profile"] = _relative(launcher["profile"], spec_path)
+    if launcher["type"] == "slurm":
+        try:
+            launcher_resources("slurm", launcher.get("profile"), launcher["nproc"], time=launcher.get("time"),
+                               prefix="launcher.")
+        except ProfileError as err:
+            raise SpecError(err.field, err.message) from None
+    return launcher
+
+
+def _estimate(raw: dict) -> dict[str, float]:
+    """The FLOP rate `sweep plan` turns FLOPs into GPU-hours with."""
+    estimate = {"peak_tflops": 989.0, "mfu": 0.4, **_mapping("estimate", raw.get("estimate"))}
+    bad = sorted(set(estimate) - set(ESTIMATE_KEYS))
+    if bad:
+        raise SpecError(f"estimate.{bad[0]}", f"unknown key; allowed keys: {', '.join(ESTIMATE_KEYS)}")
+    number("estimate.peak_tflops", estimate["peak_tflops"], exclusive_minimum=0, error=SpecError)
+    number("estimate.mfu", estimate["mfu"], exclusive_minimum=0, maximum=1, error=SpecError)
+    return estimate
 
 
 def _relative(value: str, spec_path: Path) -> str:
@@ -329,7 +330,3 @@ def _check_run_configs(spec: SweepSpec) -> None:
                                 f"the trial {params} is not a valid RunConfig: {err}") from None
             except FileNotFoundError as err:
                 raise SpecError("base", str(err)) from None
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sweeps.spec import SweepSpec
+from typing import Any
 
 JOURNAL = "journal:"
 
 
-def storage_url(spec: "SweepSpec") -> str:
-    """The spec's storage as a string: `sqlite:///<dir>/study.db` when none is given."""
+def storage_url(spec: Any) -> str:
+    """A sweep spec's storage (its `storage` and `dir`) as a string: `sqlite:///<dir>/study.db` when
+    none is given."""
     if spec.storage:
         return str(spec.storage)
     return f"sqlite:///{(Path(spec.dir) / 'study.db').resolve()}"
@@ -41,28 +39,28 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
-def check_storage(spec: "SweepSpec") -> None:
-    """Open the storage once, so a bad URL fails before any job; SpecError names `storage`."""
-    from sweeps.spec import SpecError
-
+def storage_problem(spec: Any) -> str | None:
+    """What is wrong with a sweep spec's storage, found by opening it once (so that a bad URL fails
+    before any job), or None. The spec layer raises it as the `storage` field's error."""
     url = storage_url(spec)
     if spec.storage is not None and (not isinstance(spec.storage, str) or not spec.storage.strip()):
-        raise SpecError("storage", f"got {spec.storage!r}; use journal:PATH or a SQLAlchemy URL, or leave it out")
+        return f"got {spec.storage!r}; use journal:PATH or a SQLAlchemy URL, or leave it out"
     if url.startswith(JOURNAL):
         parent = Path(url[len(JOURNAL):]).expanduser().parent
         if parent.exists() and not parent.is_dir():
-            raise SpecError("storage", f"{url}: {parent} is not a directory")
+            return f"{url}: {parent} is not a directory"
     elif "://" not in url:
-        raise SpecError("storage", f"got {url!r}; use journal:PATH or a SQLAlchemy URL "
-                                   "(sqlite:///path.db, postgresql://user@host/db)")
+        return (f"got {url!r}; use journal:PATH or a SQLAlchemy URL "
+                "(sqlite:///path.db, postgresql://user@host/db)")
     if url.startswith("sqlite:///") and spec.storage is None:
-        return  # created on first use in the sweep directory
+        return None  # created on first use in the sweep directory
     try:
         storage = open_storage(url)
         storage.get_all_studies()
     except Exception as err:  # the drivers raise their own types; report them all the same way
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SpecError("storage", f"cannot open {url!r}: {type(err).__name__}: {first}") from None
+        return f"cannot open {url!r}: {type(err).__name__}: {first}"
+    return None
 
 
 def with_retries(fn, *, attempts: int = 8, wait_s: float = 0.5):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from scaling import schema
 from sweeps.spec import Search, SweepSpec
 from sweeps.storage import open_storage, storage_url, with_retries
 
@@ -116,25 +117,31 @@ def trial_value(trial) -> float | None:
 # ----------------------------------------------------------------------------- reconciliation
 def _outcome(spec: SweepSpec, run_dir: Path) -> tuple[str, float | None, str]:
     """How a run ended, from its summary: (COMPLETE|PRUNED|FAIL, objective, reason)."""
-    from scaling.train.rundir import read_summary
-
-    summary = read_summary(run_dir)
-    reason = summary.get("end_reason", "no summary.json")
-    if reason == "completed":
+    summary = schema.read_summary(run_dir)
+    reason = summary.get(schema.END_REASON, "no summary.json")
+    if reason == schema.COMPLETED:
         value = objective_value(spec, summary)
         if value is None:
             return "FAIL", None, f"completed without a finite {spec.metric}"
         return "COMPLETE", value, reason
-    if reason.startswith("stopped") and "pruned" in str(summary.get("stop", "")):
+    if reason.startswith(schema.STOPPED) and "pruned" in str(summary.get(schema.STOP, "")):
         return "PRUNED", None, reason
     return "FAIL", None, reason
 
 
 def objective_value(spec: SweepSpec, summary: dict[str, Any]) -> float | None:
-    value = summary.get("final", {}).get(spec.metric)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    value = summary.get(schema.FINAL, {}).get(spec.metric)
+    return float(value) if schema.finite_number(value) else None
+
+
+def set_user_attr(study, trial, name: str, value: Any) -> None:
+    """Record a user attribute of `trial`: an optuna Trial, or a FrozenTrial read back from the study."""
+    if hasattr(trial, "set_user_attr"):
+        with_retries(lambda: trial.set_user_attr(name, value))
+        return
+    # Optuna has no public API to set an attribute of a trial read back as a FrozenTrial (building a
+    # Trial for it would run the sampler's before_trial hook again), so this goes through the storage.
+    with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, name, value))
 
 
 def finish(study, trial, state: str, value: float | None = None, reason: str = "") -> None:
@@ -143,7 +150,7 @@ def finish(study, trial, state: str, value: float | None = None, reason: str = "
 
     try:
         if reason:
-            with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, "end_reason", reason))
+            set_user_attr(study, trial, schema.END_REASON, reason)
         if state == "COMPLETE":
             with_retries(lambda: study.tell(trial.number, value))
         else:
@@ -156,7 +163,7 @@ def finish(study, trial, state: str, value: float | None = None, reason: str = "
 def not_its_fault(study, trial) -> None:
     """Mark a trial that ends FAIL through no fault of its run (cancelled, or its submission was
     interrupted): it does not count against the point's retries."""
-    with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, "cancelled", True))
+    set_user_attr(study, trial, "cancelled", True)
 
 
 def reconcile(spec: SweepSpec, study) -> list[str]:
@@ -269,7 +276,7 @@ def create_trial(spec: SweepSpec, study, point: dict[str, Any]):
     key = point_key(params)
     run_dir = spec.run_dir(params)
     for name, value in (("key", key), ("run_dir", str(run_dir.resolve()))):
-        with_retries(lambda: study._storage.set_trial_user_attr(trial._trial_id, name, value))
+        set_user_attr(study, trial, name, value)
     return trial, params
 
 
@@ -287,7 +294,8 @@ def trial_rows(spec: SweepSpec, study) -> list[dict[str, Any]]:
         rows.append({"number": t.number, "params": dict(t.params), "state": state,
                      "job_id": t.user_attrs.get("job_id"), "step": last.get("step"),
                      "loss": last.get("train/loss"), "value": trial_value(t),
-                     "end_reason": t.user_attrs.get("end_reason"), "run_dir": str(run_dir) if t.user_attrs.get("run_dir") else None,
+                     "end_reason": t.user_attrs.get(schema.END_REASON),
+                     "run_dir": str(run_dir) if t.user_attrs.get("run_dir") else None,
                      "started": t.datetime_start.isoformat() if t.datetime_start else None,
                      "finished": t.datetime_complete.isoformat() if t.datetime_complete else None})
     return rows

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scaling import schema
 from scaling.config import RunConfig
 from slurm.jobs import TrainJob
 
@@ -44,7 +45,7 @@ class TrialJob(TrainJob):
         summary = train(cfg, self.run_dir, on_eval=on_eval, deadline=self.deadline(),
                         baseline_cache=Path(self.baseline_cache) if self.baseline_cache else None)
         if study is not None:
-            self._tell(study, summary, pruned)
+            self._tell(study, trial, summary, pruned)
         return summary
 
     def _open(self):
@@ -56,22 +57,22 @@ class TrialJob(TrainJob):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = with_retries(lambda: optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage),
                                                        pruner=make_pruner(self.pruner)))
+        # Trial(study, trial_id) is Optuna's public way to reopen a running trial in another process.
         return study, optuna.trial.Trial(study, self.trial_id)
 
-    def _tell(self, study, summary: dict[str, Any], pruned: list[int]) -> None:
+    def _tell(self, study, trial, summary: dict[str, Any], pruned: list[int]) -> None:
         from scaling.train import rundir as rd
-        from sweeps.spec import is_finite_number
         from sweeps.study import finish
 
-        frozen = study._storage.get_trial(self.trial_id)
-        reason = summary.get("end_reason", "")
-        if reason == "deadline":  # requeued to continue: the trial stays RUNNING
+        reason = summary.get(schema.END_REASON, "")
+        if reason == schema.DEADLINE:  # requeued to continue: the trial stays RUNNING
             return
+        value = summary.get(schema.FINAL, {}).get(self.metric)
         if pruned:
-            summary["stop"] = f"pruned at step {pruned[0]}"
-            rd.write_json(Path(self.run_dir) / rd.SUMMARY, summary)
-            finish(study, frozen, "PRUNED", reason=summary["stop"])
-        elif reason == "completed" and is_finite_number(summary.get("final", {}).get(self.metric)):
-            finish(study, frozen, "COMPLETE", float(summary["final"][self.metric]), reason)
+            summary[schema.STOP] = f"pruned at step {pruned[0]}"
+            rd.write_json(Path(self.run_dir) / schema.SUMMARY, summary)
+            finish(study, trial, "PRUNED", reason=summary[schema.STOP])
+        elif reason == schema.COMPLETED and schema.finite_number(value):
+            finish(study, trial, "COMPLETE", float(value), reason)
         else:
-            finish(study, frozen, "FAIL", reason=reason or "no summary")
+            finish(study, trial, "FAIL", reason=reason or "no summary")

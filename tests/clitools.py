@@ -17,7 +17,8 @@ def run_cli(*args, timeout=600, check=True, env=None, cwd=None) -> subprocess.Co
     proc = subprocess.run([sys.executable, "-m", "scaling.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
-        raise AssertionError(f"scaling {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"scaling {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 

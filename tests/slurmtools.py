@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from clitools import read_metrics
+
 from slurm.cluster import job_states
 
 

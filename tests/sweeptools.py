@@ -3,7 +3,6 @@ import os
 import uuid
 
 import yaml
-
 from clitools import TINY
 
 PG_URL = os.environ.get("SCALING_PG_URL", "postgresql://postgres@127.0.0.1:55432/scaling")

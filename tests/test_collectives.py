@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from clitools import TINY
+
 from scaling import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +37,9 @@ def _collective_calls(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module == "torch":
             aliases |= {a.asname or a.name for a in node.names if a.name == "distributed"}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in COLLECTIVES:
-            if ast.unparse(node.func.value) in aliases:
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node.func)}")
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in COLLECTIVES
+                and ast.unparse(node.func.value) in aliases):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node.func)}")
     return found
 
 
@@ -148,8 +148,8 @@ def _rank(rank: int, port: int, run_dir: str, out: str, overrides: list[str]) ->
     # A deadline already past: the run stops after its first step with a checkpoint (broadcast of the
     # deadline, the step's flags, a save); the second call resumes it (the checkpoint agreement) and
     # finishes (evaluation's gathers).
-    first = train(cfg, run_dir, deadline=time.time() - 1, log=lambda _m: None)
-    second = train(cfg, run_dir, log=lambda _m: None)
+    first = train(cfg, run_dir, deadline=time.time() - 1)
+    second = train(cfg, run_dir)
     if rank == 0:
         log["end_reasons"] = [first["end_reason"], second["end_reason"]]
     Path(f"{out}.{rank}").write_text(json.dumps(log))

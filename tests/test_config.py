@@ -93,3 +93,90 @@ def test_vatt_refuses_image_folders():
     with pytest.raises(ConfigError) as err:
         RunConfig.load(None, ["steps=1", "data.source=images", "data.path=/x"])
     assert err.value.field == "data.source"
+
+
+# ----------------------------------------------------------------------------- scaling.validate
+def test_validate_is_torch_free_and_config_reexports_its_error():
+    import subprocess
+    import sys
+
+    code = "import scaling.validate, sys; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from scaling import config, validate
+
+    assert config.ConfigError is validate.ConfigError and issubclass(ConfigError, ValueError)
+    assert config.load_named_yaml is validate.load_named_yaml
+
+
+@pytest.mark.parametrize("check, value", [
+    ("integer", True), ("integer", 1.0), ("integer", "3"), ("number", False), ("number", "0.5"),
+    ("number", float("nan")), ("number", float("inf")), ("number", -float("inf")), ("pair", (0.1, True)),
+    ("pair", "ab"), ("pair", (0.5, 0.1)), ("pair", (0.1, float("nan"))), ("flag", 1), ("flag", "true"),
+    ("choice", True), ("choice", "c"), ("text", ""), ("text", 3), ("text", None), ("mapping", [1]),
+])
+def test_each_checker_names_the_field_and_refuses_bools_and_non_finite_numbers(check, value):
+    from scaling import validate
+
+    args = {"choice": (("a", 1),)}.get(check, ())
+    with pytest.raises(ConfigError) as err:
+        getattr(validate, check)("sec.key", value, *args)
+    assert err.value.field == "sec.key" and str(err.value).startswith("sec.key: ")
+    assert isinstance(err.value, ValueError)
+
+
+def test_checkers_return_the_value_normalised_and_phrase_the_bounds():
+    from scaling import validate
+    from scaling.validate import choice, flag, integer, mapping, number, pair, text
+
+    assert integer("n", 3, minimum=1) == 3 and number("x", 2) == 2.0 and isinstance(number("x", 2), float)
+    assert pair("s", [0, 1], minimum=0, maximum=1) == (0.0, 1.0)
+    assert flag("f", False) is False and choice("c", 1, (0, 1)) == 1 and choice("c", True, (True, False))
+    assert text("t", None, optional=True) is None and mapping("m", None) == {}
+    assert number("x", float("inf"), finite=False) == float("inf")
+    assert validate.finite_number(1.5) and not validate.finite_number(True)
+    for call, message in [
+        (lambda: integer("n", 0, exclusive_minimum=0), "n: got 0; must be an integer > 0"),
+        (lambda: integer("n", -1, minimum=0, note="profile 'p'"), "n: got -1; must be an integer >= 0 (profile 'p')"),
+        (lambda: number("x", 1.0, minimum=0.0, exclusive_maximum=1.0), "x: got 1.0; must be a finite number in [0.0, 1.0)"),
+        (lambda: pair("s", (0.5, 0.1), exclusive_minimum=0, maximum=1),
+         "s: got (0.5, 0.1); must be [lo, hi] with 0 < lo <= hi <= 1"),
+        (lambda: choice("c", "z", ("a", "b")), "c: got 'z'; allowed values: 'a', 'b'"),
+        (lambda: text("t", None), "t: is required: must be a non-empty string"),
+        (lambda: mapping("m", [1]), "m: must be a mapping, got list"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert str(err.value) == message
+
+
+@pytest.mark.parametrize("value", ["tiny", "true", "null", "", "a: b", "3e-4", 1e-5, 0.1, 7, True, None, [1, "x"],
+                                   (0.5, 1.0), {"a": [1, 2]}])
+def test_yaml_value_reads_back_as_the_same_value(value):
+    import yaml
+
+    from scaling.validate import yaml_value
+
+    expected = list(value) if isinstance(value, tuple) else value
+    assert yaml.safe_load(yaml_value(value)) == expected
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["global_batch=true"], "global_batch"),                  # a bool is not an integer
+    (["lr=.nan"], "lr"),                                      # nor a finite number
+    (["vatt.temperature=.inf"], "vatt.temperature"),
+    (["data.fps=false"], "data.fps"),
+    (["activation_checkpointing=1"], "activation_checkpointing"),
+    (["zero_stage=true"], "zero_stage"),                      # True == 1, but not a ZeRO stage
+    (["dino.global_scale=0.5"], "dino.global_scale"),         # not a pair
+    (["dino.local_scale=[0.1, true]"], "dino.local_scale"),
+])
+def test_bools_and_non_finite_values_fail_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, ["steps=10", "method=dino", *overrides])
+    assert err.value.field == field
+
+
+def test_replace_round_trips_strings_and_tuples():
+    cfg = RunConfig(steps=1, method="dino")
+    assert cfg.replace(**{"dino.global_scale": (0.5, 1.0)}).dino.global_scale == (0.5, 1.0)
+    assert cfg.replace(**{"data.source": "manifest", "data.path": "a: b.jsonl"}).data.path == "a: b.jsonl"

@@ -1,6 +1,5 @@
 """`scaling demo` runs the whole pipeline (sweep -> runs -> analysis -> summary) on a smaller spec."""
 import yaml
-
 from clitools import run_cli
 from sweeptools import FIXED
 

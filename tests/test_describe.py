@@ -126,7 +126,8 @@ def test_cli_rejects_a_bad_config_before_any_work():
     proc = subprocess.run([sys.executable, "-m", "scaling.cli", "describe", "steps=10", "drop_rate=1.5"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "drop_rate: got 1.5; allowed range: [0.0, 1.0)" in proc.stderr
+    # The field, the value and the allowed range (the wording is scaling.validate's).
+    assert "drop_rate: got 1.5;" in proc.stderr and "[0.0, 1.0)" in proc.stderr
 
 
 def test_activation_checkpointing_lowers_the_memory_estimate_and_adds_the_recompute_flops():
@@ -155,3 +156,11 @@ def test_checkpointed_activations_are_one_value_per_layer_plus_one_block_being_r
     assert activation_bytes(cfg, encoders, "bf16") == kept + recomputed
     plain = RunConfig.load(None, ["steps=1", "global_batch=2", "micro_batch=2"])
     assert activation_bytes(plain, encoders, "bf16") == 17 * 2 * 2 * (10 * 8 * 3 + 20 * 4 * 2)
+
+
+def test_importing_describe_loads_no_torch():
+    """`sweeps.commands` formats its tables with `human`: importing describe must stay torch-free."""
+    code = ("import sys; import scaling.describe as d; assert d.human(1.6e12, 'FLOPs') == '1.60 TFLOPs'; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -4,8 +4,8 @@ import torch
 
 from scaling.config import RunConfig
 from scaling.data.synthetic import SyntheticClips
-from scaling.models import build_model
 from scaling.losses import koleo_loss
+from scaling.models import build_model
 from scaling.objectives import build_objective
 
 SMALL = ["steps=10", "global_batch=8", "micro_batch=8", "data.train_size=64", "dino.out_dim=64",
@@ -69,7 +69,7 @@ def test_dino_with_koleo_adds_the_weighted_term_on_the_student_global_cls_featur
     # The DINO part is what plain DINO computes on the same crops.
     torch.manual_seed(0)
     plain_model, plain = build_model(plain_cfg), build_objective(plain_cfg)
-    plain_loss, plain_metrics = _host(*plain.loss(plain_model, _batch(), step=0, generator=torch.Generator().manual_seed(0)))
+    _, plain_metrics = _host(*plain.loss(plain_model, _batch(), step=0, generator=torch.Generator().manual_seed(0)))
     assert "loss_koleo" not in plain_metrics
     assert metrics["loss_dino"] == pytest.approx(plain_metrics["loss"], rel=1e-5)
     # And by hand: KoLeo of the two global crops' student backbone features.

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from scaling.data.device import unit_float
+from scaling.validate import ConfigError, integer, number, pair
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -22,39 +23,13 @@ _LUMA = (0.299, 0.587, 0.114)
 _BOX_ATTEMPTS = 10
 
 
-def _check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_frames(name: str, value) -> int | None:
-    if value is None:
-        return None
-    return _check_size(name, value)
-
-
 def _check_prob(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_range(name: str, value, low: float, high: float, *, low_open: bool) -> tuple[float, float]:
-    bracket = "(" if low_open else "["
-    allowed = f"an ordered pair (lo, hi) with values in {bracket}{low}, {high}]"
-    if not isinstance(value, Sequence) or len(value) != 2:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    lo, hi = float(value[0]), float(value[1])
-    below = lo <= low if low_open else lo < low
-    if below or hi > high or lo > hi:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return lo, hi
+    return number(name, value, minimum=0.0, maximum=1.0, note="a probability")
 
 
 def _check_triple(name: str, value) -> tuple[float, float, float]:
-    if not isinstance(value, Sequence) or len(value) != 3:
-        raise ValueError(f"{name} must be 3 probabilities (global crop 1, global crop 2, locals), got {value!r}")
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 3:
+        raise ConfigError(name, f"got {value!r}; must be 3 probabilities (global crop 1, global crop 2, locals)")
     return tuple(_check_prob(f"{name}[{i}]", v) for i, v in enumerate(value))  # type: ignore[return-value]
 
 
@@ -198,32 +173,25 @@ class MultiCrop:
         solarize_threshold: float = 0.5,
         normalize: bool = True,
     ) -> None:
-        self.global_size = _check_size("global_size", global_size)
-        self.local_size = _check_size("local_size", local_size)
-        if isinstance(n_local, bool) or not isinstance(n_local, int) or n_local < 0:
-            raise ValueError(f"n_local must be an int >= 0, got {n_local!r}")
-        self.n_local = n_local
-        self.global_scale = _check_range("global_scale", global_scale, 0.0, 1.0, low_open=True)
-        self.local_scale = _check_range("local_scale", local_scale, 0.0, 1.0, low_open=True)
-        self.global_frames = _check_frames("global_frames", global_frames)
-        self.local_frames = _check_frames("local_frames", local_frames)
-        self.ratio = _check_range("ratio", ratio, 0.0, math.inf, low_open=True)
+        self.global_size = integer("global_size", global_size, minimum=1)
+        self.local_size = integer("local_size", local_size, minimum=1)
+        self.n_local = integer("n_local", n_local, minimum=0)
+        self.global_scale = pair("global_scale", global_scale, exclusive_minimum=0.0, maximum=1.0)
+        self.local_scale = pair("local_scale", local_scale, exclusive_minimum=0.0, maximum=1.0)
+        self.global_frames = None if global_frames is None else integer("global_frames", global_frames, minimum=1)
+        self.local_frames = None if local_frames is None else integer("local_frames", local_frames, minimum=1)
+        self.ratio = pair("ratio", ratio, exclusive_minimum=0.0)
         self.p_flip = _check_prob("p_flip", p_flip)
         self.p_jitter = _check_prob("p_jitter", p_jitter)
-        for name, value, limit in (("brightness", brightness, math.inf), ("contrast", contrast, math.inf),
-                                   ("saturation", saturation, math.inf), ("hue", hue, 0.5)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= limit:
-                raise ValueError(f"{name} must be a number in [0, {limit}], got {value!r}")
-        self.brightness, self.contrast = float(brightness), float(contrast)
-        self.saturation, self.hue = float(saturation), float(hue)
+        self.brightness = number("brightness", brightness, minimum=0.0)
+        self.contrast = number("contrast", contrast, minimum=0.0)
+        self.saturation = number("saturation", saturation, minimum=0.0)
+        self.hue = number("hue", hue, minimum=0.0, maximum=0.5)
         self.p_gray = _check_prob("p_gray", p_gray)
         self.p_blur = _check_triple("p_blur", p_blur)
-        self.blur_sigma = _check_range("blur_sigma", blur_sigma, 0.0, math.inf, low_open=True)
+        self.blur_sigma = pair("blur_sigma", blur_sigma, exclusive_minimum=0.0)
         self.p_solarize = _check_triple("p_solarize", p_solarize)
-        if isinstance(solarize_threshold, bool) or not isinstance(solarize_threshold, (int, float)) \
-                or not 0.0 <= solarize_threshold <= 1.0:
-            raise ValueError(f"solarize_threshold must be a number in [0, 1], got {solarize_threshold!r}")
-        self.solarize_threshold = float(solarize_threshold)
+        self.solarize_threshold = number("solarize_threshold", solarize_threshold, minimum=0.0, maximum=1.0)
         self.normalize = bool(normalize)
         # One fixed kernel width (3 sigma of the largest sigma) keeps shapes static across calls.
         self._blur_radius = max(1, math.ceil(3.0 * self.blur_sigma[1]))

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from scaling.data.text import encode_caption
+from scaling.validate import integer, number
 
 MANIFEST_KEYS = ("video", "audio", "captions", "label")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -64,9 +65,8 @@ def _parse_entry(record, line: int, where: str, folder: Path) -> ManifestEntry:
     if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
         raise ValueError(f"{where}: line {line}: field 'captions' must be a non-empty list of strings, "
                          f"got {captions!r}")
-    label = record.get("label", -1)
-    if isinstance(label, bool) or not isinstance(label, int) or label < -1:
-        raise ValueError(f"{where}: line {line}: field 'label' must be an int >= 0 (or absent), got {label!r}")
+    label = integer(f"{where}: line {line}: field 'label'", record.get("label", -1), minimum=-1,
+                    note="a class index; -1 or absent: unlabelled")
     return ManifestEntry(line, files["video"], files["audio"], tuple(captions), label)
 
 
@@ -84,11 +84,8 @@ class ManifestClips(torch.utils.data.Dataset):
             raise FileNotFoundError(f"manifest not found: {self.manifest_path}")
         for name, value in (("frames", frames), ("resolution", resolution), ("audio_samples", audio_samples),
                             ("sample_rate", sample_rate), ("captions", captions)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
-        self.frames, self.resolution, self.fps = frames, resolution, float(fps)
+            integer(name, value, minimum=1)
+        self.frames, self.resolution, self.fps = frames, resolution, number("fps", fps, exclusive_minimum=0)
         self.audio_samples, self.sample_rate = audio_samples, sample_rate
         self.captions, self.max_words, self.vocab_size = captions, max_words, vocab_size
         encode_caption("", max_words, vocab_size)  # fail now, not in a worker, on bad text settings
@@ -200,9 +197,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder root not found: {self.root}")
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise ValueError(f"resolution must be an int >= 1, got {resolution!r}")
-        self.resolution = resolution
+        self.resolution = integer("resolution", resolution, minimum=1)
         self.classes = sorted(entry.name for entry in self.root.iterdir() if entry.is_dir())
         accepted = ", ".join(IMAGE_EXTENSIONS)
         if not self.classes:

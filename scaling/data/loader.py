@@ -12,6 +12,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from scaling.data.files import ImageFolderDataset, ManifestClips
 from scaling.data.synthetic import SyntheticClips
+from scaling.validate import ConfigError, choice, integer
 
 SOURCES = ("synthetic", "manifest", "images")
 SPLITS = ("train", "eval")
@@ -19,11 +20,19 @@ SPLITS = ("train", "eval")
 
 def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
     """The `split` data set that `data_cfg` (a DataConfig-like object, read by attribute) describes."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    source = data_cfg.source
-    if source not in SOURCES:
-        raise ValueError(f"data.source must be one of {list(SOURCES)}, got {source!r}")
+    choice("split", split, SPLITS)
+    source = choice("data.source", data_cfg.source, SOURCES)
+    try:
+        return _dataset(data_cfg, split, source)
+    except ConfigError as err:  # a constructor argument: name it by its DataConfig field
+        if err.field == "size":
+            raise ConfigError(f"data.{split}_size", err.message) from None
+        if hasattr(data_cfg, err.field):
+            raise ConfigError(f"data.{err.field}", err.message) from None
+        raise
+
+
+def _dataset(data_cfg, split: str, source: str) -> torch.utils.data.Dataset:
     if source == "synthetic":
         return SyntheticClips(
             split, data_cfg.train_size if split == "train" else data_cfg.eval_size,
@@ -34,7 +43,7 @@ def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
     field = "data.path" if split == "train" else "data.eval_path"
     path = data_cfg.path if split == "train" else data_cfg.eval_path
     if path is None:
-        raise ValueError(f"{field} must be set to read the {split} split from data.source={source!r}")
+        raise ConfigError(field, f"must be set to read the {split} split from data.source={source!r}")
     if source == "images":
         return ImageFolderDataset(path, resolution=data_cfg.resolution)
     return ManifestClips(
@@ -61,10 +70,8 @@ class ShardedEpochSampler(Sampler[int]):
 
     def __init__(self, length: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True):
-        if world_size < 1:
-            raise ValueError(f"world_size must be >= 1, got {world_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        integer("world_size", world_size, minimum=1)
+        integer("rank", rank, minimum=0, maximum=world_size - 1)
         self.length, self.shuffle, self.seed = length, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = epoch
@@ -109,10 +116,8 @@ def collate_batch(batch):
 def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, drop_last: bool = True) -> DataLoader:
     """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    integer("batch_size", batch_size, minimum=1)
+    integer("num_workers", num_workers, minimum=0)
     sampler = ShardedEpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
                                   world_size=world_size, drop_last=drop_last)
     return DataLoader(

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from scaling.data.text import caption_ids
+from scaling.validate import choice, integer, number
 
 SHAPES = ("disk", "square", "ring", "cross", "diamond", "triangle")
 DIRECTIONS = ("right", "up right", "up", "up left", "left", "down left", "down", "down right")
@@ -93,10 +94,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _int_at_least(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+def _int_at_least(name: str, value, minimum: int = 1, maximum: int | None = None, note: str = "") -> int:
+    """An int (a NumPy integer too) in [minimum, maximum]."""
+    return integer(name, int(value) if isinstance(value, np.integer) else value, minimum=minimum, maximum=maximum,
+                   note=note)
 
 
 class SyntheticClips(torch.utils.data.Dataset):
@@ -108,14 +109,10 @@ class SyntheticClips(torch.utils.data.Dataset):
 
     def __init__(self, split, size, *, num_classes=10, frames=8, resolution=64, audio_samples=4096,
                  sample_rate=16000, captions=4, max_words=16, vocab_size=65536, difficulty=0.5, seed=0):
-        if split not in _SPLIT_CODES:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
-        self.split = split
+        self.split = choice("split", split, sorted(_SPLIT_CODES))
         self.size = _int_at_least("size", size, minimum=0)
-        self.num_classes = _int_at_least("num_classes", num_classes, minimum=2)
-        if self.num_classes > MAX_CLASSES:
-            raise ValueError(f"num_classes must be in [2, {MAX_CLASSES}] "
-                             f"({len(SHAPES)} shapes x {len(DIRECTIONS)} directions), got {num_classes}")
+        self.num_classes = _int_at_least("num_classes", num_classes, minimum=2, maximum=MAX_CLASSES,
+                                         note=f"{len(SHAPES)} shapes x {len(DIRECTIONS)} directions")
         self.frames = _int_at_least("frames", frames)
         self.resolution = _int_at_least("resolution", resolution, minimum=8)
         self.audio_samples = _int_at_least("audio_samples", audio_samples)
@@ -123,9 +120,7 @@ class SyntheticClips(torch.utils.data.Dataset):
         self.captions = _int_at_least("captions", captions)
         self.max_words = _int_at_least("max_words", max_words)
         self.vocab_size = _int_at_least("vocab_size", vocab_size, minimum=2)
-        if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)) or not 0.0 <= difficulty <= 1.0:
-            raise ValueError(f"difficulty must be a number in [0, 1], got {difficulty!r}")
-        self.difficulty = float(difficulty)
+        self.difficulty = number("difficulty", difficulty, minimum=0.0, maximum=1.0)
         self.seed = _int_at_least("seed", seed, minimum=0)
 
         # c = 6q + s -> shape s, direction (q + 3s) % 8: a bijection onto all 48 pairs in which
@@ -357,7 +352,7 @@ class SyntheticClips(torch.utils.data.Dataset):
             for k in range(self.captions):
                 c = CAPTION + k * PER_CAPTION
                 # Synonym diversity grows with difficulty: the first `1 + difficulty * (n - 1)` words.
-                pick = lambda words, col: words[int(row[c + col] * (1 + round(self.difficulty * (len(words) - 1))))]  # noqa: E731
+                pick = lambda words, col, row=row, c=c: words[int(row[c + col] * (1 + round(self.difficulty * (len(words) - 1))))]  # noqa: E731
                 clip.append(TEMPLATES[(first_template + k) % len(TEMPLATES)].format(
                     shape=pick(SHAPE_WORDS[SHAPES[s]], 1), motion=pick(DIRECTION_WORDS[DIRECTIONS[d]], 2),
                     colour=pick(colour_words, 3) + " " if row[c + 5] < self.difficulty else "",

@@ -9,6 +9,8 @@ from functools import lru_cache
 
 import torch
 
+from scaling.validate import integer
+
 PAD_ID = 0
 
 # Words are maximal runs of letters and digits; everything else separates them.
@@ -17,8 +19,7 @@ _WORD_SPLIT = re.compile(r"[^0-9a-z]+")
 
 def _check_vocab_size(vocab_size: int) -> None:
     # Ids 1..vocab_size-1 carry words, so at least one word id must exist besides PAD_ID.
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-        raise ValueError(f"vocab_size must be an int >= 2 (PAD_ID=0 plus at least one word id), got {vocab_size!r}")
+    integer("vocab_size", vocab_size, minimum=2, note="PAD_ID=0 plus at least one word id")
 
 
 @lru_cache(maxsize=65536)
@@ -41,8 +42,7 @@ def caption_words(text: str) -> list[str]:
 
 def caption_ids(text: str, max_words: int, vocab_size: int) -> list[int]:
     """`encode_caption` as a plain list; batch code builds one tensor from many of these."""
-    if isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < 1:
-        raise ValueError(f"max_words must be an int >= 1, got {max_words!r}")
+    integer("max_words", max_words, minimum=1)
     _check_vocab_size(vocab_size)
     ids = [_cached_word_id(w, vocab_size) for w in caption_words(text)[:max_words]]
     return ids + [PAD_ID] * (max_words - len(ids))

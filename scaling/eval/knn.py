@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from scaling.validate import integer, number
+
 
 def _check_bank(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                 num_classes: int) -> None:
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    integer("num_classes", num_classes, minimum=1)
     if train_feats.ndim != 2 or test_feats.ndim != 2:
         raise ValueError(f"train_feats and test_feats must be (N, D), got {tuple(train_feats.shape)} "
                          f"and {tuple(test_feats.shape)}")
@@ -38,12 +39,9 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     """Summed neighbour votes, (N_test, num_classes): each of the k most cosine-similar bank rows
     votes for its label with weight exp(sim / temperature). k is clipped to the bank size."""
     _check_bank(train_feats, train_labels, test_feats, num_classes)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+    integer("k", k, minimum=1, note="k must count at least one neighbour; a larger k than the bank is clipped")
+    number("temperature", temperature, exclusive_minimum=0)
+    integer("chunk", chunk, minimum=1)
     # float32 at least: half-precision similarities near 1 lose the ranking between close neighbours.
     dtype = torch.promote_types(train_feats.dtype, torch.float32)
     bank = F.normalize(train_feats.to(dtype), dim=1)

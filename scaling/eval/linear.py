@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from scaling.eval.knn import _check_labels, topk_accuracy
+from scaling.validate import integer, number
 
 
 def _check_split(name: str, feats: torch.Tensor, labels: torch.Tensor) -> None:
@@ -26,8 +27,7 @@ def linear_probe_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor,
     line search), `epochs` iterations at most; `lr` scales L-BFGS's step. The problem is convex, so
     this converges without a learning-rate schedule, and full-batch steps make it deterministic.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    integer("num_classes", num_classes, minimum=2)
     _check_split("train", train_feats, train_labels)
     _check_split("test", test_feats, test_labels)
     if train_feats.shape[1] != test_feats.shape[1]:
@@ -38,12 +38,9 @@ def linear_probe_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor,
                          f"{test_feats.shape[0]}")
     _check_labels("train_labels", train_labels, num_classes)
     _check_labels("test_labels", test_labels, num_classes)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    integer("epochs", epochs, minimum=1)
+    number("lr", lr, exclusive_minimum=0)
+    number("weight_decay", weight_decay, minimum=0)
 
     # The probe is small enough for the CPU in float32, whatever device/dtype produced the features.
     train_x = train_feats.detach().float().cpu()

@@ -1,19 +1,37 @@
 """One-run layer: model construction from a RunConfig.
 
-`build_model(cfg)` returns a VATT or DINO module; the image ViT factories match DINO's checkpoints.
+`build_model(cfg)` returns a VATT or DINO module, by `MODEL_BUILDERS` (one builder per method of
+`scaling.config.METHODS`; any other method is refused); the image ViT factories match DINO's checkpoints.
 """
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 from scaling.models.sizes import SIZES
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["DINO", "DINOHead", "MultiCropWrapper", "SIZES", "VATT", "VisionTransformer",
-           "build_model", "crop_geometry", "video_encoder", "vit_base", "vit_small", "vit_tiny"]
+__all__ = [
+    "DINO",
+    "MODEL_BUILDERS",
+    "SIZES",
+    "VATT",
+    "DINOHead",
+    "MultiCropWrapper",
+    "VisionTransformer",
+    "build_model",
+    "by_method",
+    "crop_geometry",
+    "video_encoder",
+    "vit_base",
+    "vit_small",
+    "vit_tiny",
+]
+
+T = TypeVar("T")
 
 # The modules import torch; they load on first use, so `scaling.models.sizes` (which the config
 # imports) stays cheap for commands that never build a model (sweep plan/status, jobs, fit).
@@ -34,18 +52,30 @@ def crop_geometry(cfg) -> dict[str, int]:
     local_res = cfg.dino.local_resolution or max(16, int(round(d.resolution * 96 / 224 / 16)) * 16)
     local_frames = cfg.dino.local_frames or max(4, (d.frames // 2) // 4 * 4)
     if cfg.dino.input == "image":
-        local_res = cfg.dino.local_resolution or max(cfg.dino.patch_size,
-                                                     int(round(d.resolution * 96 / 224 / cfg.dino.patch_size)) * cfg.dino.patch_size)
+        patch = cfg.dino.patch_size
+        local_res = cfg.dino.local_resolution or max(patch, int(round(d.resolution * 96 / 224 / patch)) * patch)
         local_frames = 1
     return {"global_resolution": d.resolution, "global_frames": d.frames if cfg.dino.input == "video" else 1,
             "local_resolution": local_res, "local_frames": local_frames}
+
+
+def by_method(table: Mapping[str, T], method: str) -> T:
+    """`table[method]`, or ConfigError("method", ...) naming the allowed values.
+
+    RunConfig refuses an unknown method, but a config changed past its checks (dataclasses.replace
+    or object.__setattr__ on the frozen dataclass) must not silently get another method's part."""
+    if method not in table:
+        from scaling.config import ConfigError  # here: scaling.config imports this package's sizes
+
+        raise ConfigError("method", f"got {method!r}; allowed values: {', '.join(map(repr, table))}")
+    return table[method]
 
 
 def build_model(cfg) -> nn.Module:
     """The VATT or DINO module a RunConfig describes (weights freshly initialised from torch's RNG)."""
     from scaling.models.vit import Transformer
 
-    model = _build(cfg)
+    model = by_method(MODEL_BUILDERS, cfg.method)(cfg)
     # Every transformer: VATT's three (or its shared one), DINO's student and teacher backbones
     # (the teacher runs under no_grad, where checkpointing is skipped anyway).
     for module in model.modules():
@@ -54,21 +84,23 @@ def build_model(cfg) -> nn.Module:
     return model
 
 
-def _build(cfg) -> nn.Module:
+def _build_vatt(cfg) -> nn.Module:
+    from scaling.models.vatt import VATT
+
+    d, v = cfg.data, cfg.vatt
+    return VATT(size=cfg.size, audio_size=v.audio_size, text_size=v.text_size,
+                shared_backbone=v.shared_backbone, frames=d.frames, resolution=d.resolution,
+                audio_samples=d.audio_samples, vocab_size=d.vocab_size, word_dim=v.word_dim,
+                max_words=d.max_words, freeze_word_embeddings=v.freeze_word_embeddings,
+                va_dim=v.va_dim, vt_dim=v.vt_dim, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path)
+
+
+def _build_dino(cfg) -> nn.Module:
     from scaling.models.dino import DINO
-    from scaling.models.vatt import VATT, video_encoder
+    from scaling.models.vatt import video_encoder
     from scaling.models.vit import VisionTransformer
 
-    s = SIZES[cfg.size]
-    d = cfg.data
-    if cfg.method == "vatt":
-        v = cfg.vatt
-        return VATT(size=cfg.size, audio_size=v.audio_size, text_size=v.text_size,
-                    shared_backbone=v.shared_backbone, frames=d.frames, resolution=d.resolution,
-                    audio_samples=d.audio_samples, vocab_size=d.vocab_size, word_dim=v.word_dim,
-                    max_words=d.max_words, freeze_word_embeddings=v.freeze_word_embeddings,
-                    va_dim=v.va_dim, vt_dim=v.vt_dim, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path)
-    c = cfg.dino
+    s, d, c = SIZES[cfg.size], cfg.data, cfg.dino
     if c.input == "video":
         backbone = video_encoder(cfg.size, d.frames, d.resolution, cfg.drop_rate, cfg.drop_path)
     else:
@@ -78,3 +110,8 @@ def _build(cfg) -> nn.Module:
     return DINO(backbone, s.width, out_dim=c.out_dim, hidden_dim=c.hidden_dim,
                 bottleneck_dim=c.bottleneck_dim, norm_last_layer=c.norm_last_layer,
                 fp32_last_layer=c.fp32_last_layer)
+
+
+# The model of each method of scaling.config.METHODS (the objectives' table, scaling.objectives.OBJECTIVES,
+# has the same keys; tests/models/test_method_dispatch.py checks both against METHODS).
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {"vatt": _build_vatt, "dino": _build_dino}

@@ -112,7 +112,7 @@ class DINO(nn.Module):
         if hasattr(self.teacher.backbone, "drop_rate"):
             self.teacher.backbone.drop_rate = 0.0
 
-    def train(self, mode: bool = True) -> "DINO":
+    def train(self, mode: bool = True) -> DINO:
         super().train(mode)
         self.teacher.eval()
         return self

@@ -10,14 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VOXEL = (4, 16, 16)        # frames x pixels x pixels per video token
-AUDIO_PATCH = 128          # waveform samples per audio token
+# The token geometry lives in a torch-free module (scaling.describe counts with it); these names stay here too.
+from scaling.models.geometry import AUDIO_PATCH, VOXEL, kept_tokens
+
 PAD_ID = 0                 # word id used for padding captions
-
-
-def kept_tokens(n: int, drop_rate: float) -> int:
-    """Tokens left after dropping `drop_rate` of n (at least one)."""
-    return max(1, n - int(round(n * drop_rate)))
 
 
 def drop_tokens(patches: torch.Tensor, pos: torch.Tensor, drop_rate: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -186,7 +186,7 @@ class VisionTransformer(Transformer):
         """Position embeddings for a gh x gw grid, bicubically resized from the trained grid."""
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         n = patch_pos.shape[1]
-        side = int(math.isqrt(n))
+        side = math.isqrt(n)
         if side * side == n and (gh, gw) == (side, side):
             return self.pos_embed
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from scaling.train.rundir import write_json
 
 MANIFEST = "COMPLETE.json"
 HASH_LIMIT = 64 << 20  # files up to this size are also checksummed; larger ones are size-checked
+
+log = logging.getLogger(__name__)
 
 
 def _tag(step: int) -> str:
@@ -57,10 +60,9 @@ def _files(folder: Path) -> list[Path]:
 class Checkpoints:
     """checkpoints/step_XXXXXXXX/ folders; a folder counts only once its manifest is written."""
 
-    def __init__(self, root: Path, keep: int = 2, log: Callable[[str], None] = print):
+    def __init__(self, root: Path, keep: int = 2):
         self.root = Path(root)
         self.keep = keep
-        self.log = log
 
     def save(self, engine, step: int, client_state: dict[str, Any], generator: torch.Generator,
              rank_state: dict[str, Any] | None = None) -> None:
@@ -125,7 +127,7 @@ class Checkpoints:
             reason = self.problem(step)
             if not all_true(reason is None):  # all ranks take the same decision
                 if dist.get_rank() == 0:
-                    self.log(f"skipping checkpoint {_tag(step)}: {reason or 'damaged on another rank'}")
+                    log.info("skipping checkpoint %s: %s", _tag(step), reason or "damaged on another rank")
                 continue
             _, client_state = engine.load_checkpoint(str(self.root), tag=_tag(step), load_optimizer_states=True,
                                                      load_lr_scheduler_states=False)

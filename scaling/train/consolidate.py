@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scaling.distributed import all_gather_cat, barrier, rank as rank_of
+from scaling.distributed import all_gather_cat, barrier
+from scaling.distributed import rank as rank_of
 from scaling.objectives import unwrap
 
 
@@ -31,13 +32,14 @@ def fp32_master_params(engine) -> dict[int, torch.Tensor]:
     copies: dict[int, torch.Tensor] = {}
     fp16_groups = getattr(optimizer, "fp16_groups", None)
     if fp16_groups is not None and hasattr(optimizer, "fp32_groups"):  # FP16_UnfusedOptimizer
-        for lp_group, hp_group in zip(fp16_groups, optimizer.fp32_groups):
-            copies.update((id(lp), hp) for lp, hp in zip(lp_group, hp_group))
+        for lp_group, hp_group in zip(fp16_groups, optimizer.fp32_groups, strict=True):
+            copies.update((id(lp), hp) for lp, hp in zip(lp_group, hp_group, strict=True))
     elif fp16_groups is not None and hasattr(optimizer, "fp32_groups_flat"):  # FP16_Optimizer (fused)
         from torch._utils import _unflatten_dense_tensors
 
-        for lp_group, flat in zip(fp16_groups, optimizer.fp32_groups_flat):
-            copies.update((id(lp), hp) for lp, hp in zip(lp_group, _unflatten_dense_tensors(flat, lp_group)))
+        for lp_group, flat in zip(fp16_groups, optimizer.fp32_groups_flat, strict=True):
+            hp_group = _unflatten_dense_tensors(flat, lp_group)
+            copies.update((id(lp), hp) for lp, hp in zip(lp_group, hp_group, strict=True))
     masters = {}
     for param in module.parameters():
         if not param.requires_grad:

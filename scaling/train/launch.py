@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from scaling.config import RunConfig
+from scaling.schema import CONFIG
 from scaling.train import rundir as rd
 
 
@@ -20,8 +21,8 @@ def resolve_run(config: str | None, overrides: list[str], run_dir: str | None, n
     An existing run directory resumes: its config.yaml is the base, and overrides must not change it.
     """
     overrides = [*overrides, f"world_size={nproc}"]
-    if run_dir and (Path(run_dir) / rd.CONFIG).exists():
-        base = Path(run_dir) / rd.CONFIG
+    if run_dir and (Path(run_dir) / CONFIG).exists():
+        base = Path(run_dir) / CONFIG
         cfg = RunConfig.load(config or base, overrides)
         return cfg, Path(run_dir)
     cfg = RunConfig.load(config, overrides)
@@ -32,7 +33,7 @@ def run_worker(run_dir: Path) -> None:
     """Entry point of each rank: the run directory's config.yaml says what to train."""
     from scaling.train.loop import train
 
-    train(RunConfig.load(run_dir / rd.CONFIG), run_dir)
+    train(RunConfig.load(run_dir / CONFIG), run_dir)
 
 
 def cpu_share(ways: int) -> int:

@@ -1,32 +1,63 @@
 """One-run layer: the one training loop both methods share, on a DeepSpeed engine.
 
-Read top to bottom: set-up, resume, then per optimizer step: schedules, micro-batches (forward,
-backward), the engine step, what runs once per optimizer step, logging, checkpoints, evaluation.
+`train` reads top to bottom: set-up (model, engine, data), resume, then per optimizer step: schedules,
+micro-batches (forward, backward), the engine step, what runs once per optimizer step, logging, the
+deadline, evaluation, checkpoints; at the end the final checkpoint, evaluation and weights, and
+summary.json. The run's state on this rank is one `_Run`; each phase is a function of it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from scaling import logs
 from scaling.config import ConfigError, RunConfig
 from scaling.data.device import Prefetcher
 from scaling.data.loader import build_dataset, build_loader
 from scaling.describe import describe, resolved_precision
 from scaling.distributed import all_agree, all_true, barrier, from_rank0
+from scaling.eval.evaluate import evaluate
 from scaling.models import build_model
 from scaling.objectives import build_objective
 from scaling.optim import Schedules
+from scaling.schema import (
+    CHECKPOINTS,
+    COMPLETED,
+    DEADLINE,
+    DS_CONFIG,
+    END_REASON,
+    FINAL,
+    FLOPS_PER_SAMPLE,
+    INTERRUPTED,
+    MODEL,
+    NEGATIVES_PER_POSITIVE,
+    NONFINITE_GRAD,
+    NONFINITE_LOSS,
+    PARAMS,
+    PLANNED_STEPS,
+    RANDOM_INIT,
+    SAMPLES_SEEN,
+    STEPS,
+    STOPPED,
+    SUMMARY,
+    TOTAL_FLOPS,
+    WALL_S,
+)
 from scaling.train import rundir as rd
 from scaling.train.checkpoint import Checkpoints, set_rng_state
-from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
-from scaling.evaluate import evaluate
 from scaling.train.consolidate import save_consolidated
+from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
 from scaling.train.throughput import Throughput
+
+log = logging.getLogger(__name__)
 
 
 class StopRun(Exception):
@@ -50,7 +81,7 @@ class StepMetrics:
         tensors = {k: v for k, v in self.values.items() if isinstance(v, torch.Tensor)}
         out = {k: float(v) for k, v in self.values.items() if not isinstance(v, torch.Tensor)}
         if tensors:
-            out.update(zip(tensors, torch.stack([v.reshape(()) for v in tensors.values()]).tolist()))
+            out.update(zip(tensors, torch.stack([v.reshape(()) for v in tensors.values()]).tolist(), strict=True))
         return out
 
 
@@ -62,29 +93,118 @@ def _finite(x: torch.Tensor | float | None) -> torch.Tensor | bool:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict], None] | None = None,
-          deadline: float | None = None, log: Callable[[str], None] = print,
-          baseline_cache: Path | None = None) -> dict[str, Any]:
+          deadline: float | None = None, baseline_cache: Path | None = None) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (resuming it if it holds checkpoints); returns the summary.
 
     `deadline` (a time.time() value, known to rank 0) ends the run early with end_reason
     "deadline" after a checkpoint of the last step: launchers use it to requeue before a time limit.
 
-    Every rank of the process group calls this. `on_eval(step, metrics)` runs on rank 0 after each
-    evaluation and may raise StopRun (sweeps use it for pruning).
+    Every rank of the process group calls this; rank 0 alone writes the run directory and logs
+    (through `logging`, which `scaling.logs.setup` routes to stdout). `on_eval(step, metrics)` runs
+    on rank 0 after each evaluation and may raise StopRun (sweeps use it for pruning).
     """
+    logs.setup()
     run_dir = Path(run_dir)
     rank, world = init_distributed()
-    is_main = rank == 0
     deadline = from_rank0(deadline)
-    say = log if is_main else (lambda _msg: None)
-    if is_main:
+    if rank == 0:
         rd.prepare(cfg, run_dir)
     barrier()
     done = rd.read_summary(run_dir)
-    if done.get("end_reason") == "completed" and done.get("steps", 0) >= cfg.total_steps:
-        say(f"{run_dir} finished earlier; nothing to do")
+    if done.get(END_REASON) == COMPLETED and done.get(STEPS, 0) >= cfg.total_steps:
+        if rank == 0:
+            log.info("%s finished earlier; nothing to do", run_dir)
         return done
+    run = _set_up(cfg, run_dir, rank, world, deadline, on_eval)
+    try:  # from here on, whatever happens ends in summary.json and a closed logger
+        _evaluate_random_init(run, baseline_cache)
+        if "rng" in run.client:
+            set_rng_state(run.client["rng"], run.generator)  # last thing before the first step: exact resume
+        while run.step < cfg.total_steps:
+            in_time = _optimizer_step(run)
+            _log_step(run)
+            _stop_for_deadline(run, in_time)
+            _evaluate_every(run)
+            _checkpoint_every(run)
+        _finish(run)
+    except StopRun as stop:
+        run.say(f"run stopped: {stop}")
+        if run.end_reason == COMPLETED:
+            run.end_reason = STOPPED
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or submitit leaving for a requeue
+        run.end_reason = INTERRUPTED
+        raise
+    except BaseException as err:
+        run.end_reason = f"error: {type(err).__name__}: {err}"
+        raise
+    finally:
+        summary = _write_summary(run) if run.is_main else None
+    return summary or {}
 
+
+# ----------------------------------------------------------------------------- the run's state
+
+
+@dataclass(eq=False)
+class _Run:
+    """Everything one rank's run holds between set-up and summary."""
+
+    cfg: RunConfig
+    run_dir: Path
+    rank: int
+    deadline: float | None  # rank 0's, on every rank
+    on_eval: Callable[[int, dict], None] | None
+    generator: torch.Generator  # this rank's stream for DropToken / stochastic depth
+    engine: Any
+    objective: Any
+    schedules: Schedules
+    checkpoints: Checkpoints
+    start_step: int
+    client: dict[str, Any]  # the resumed checkpoint's client state ({} for a fresh run)
+    resumed: bool
+    logger: rd.MetricsLog | None  # rank 0 only
+    info: dict[str, Any]  # `describe(cfg)`: params, FLOPs, tokens, batch
+    meter: Throughput
+    stream: Prefetcher
+    wall_start: float  # time.time() at the start, less the wall time of earlier attempts
+    step: int = field(init=False)  # optimizer steps done
+    saved: int = field(init=False)  # the last step with a checkpoint (the start step before any save)
+    end_reason: str = COMPLETED
+    last_metrics: dict[str, Any] = field(default_factory=dict)  # the last logged training metrics
+    eval_metrics: dict[str, Any] = field(init=False)  # the last evaluation
+    baseline: dict[str, Any] = field(init=False)  # the random-init evaluation
+    pending: tuple[StepMetrics, dict] | None = None  # the last step's metrics when that step was not logged
+
+    def __post_init__(self) -> None:
+        self.step = self.saved = self.start_step
+        self.eval_metrics = dict(self.client.get("eval", {}))
+        self.baseline = dict(self.client.get("random_init", {}))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def say(self, message: str) -> None:
+        """A line on the terminal, from rank 0 only."""
+        if self.is_main:
+            log.info(message)
+
+    def save(self) -> None:
+        """Collective: a checkpoint of the current step, with all that exact resume needs (its client
+        state's keys are the checkpoint's own, read back by `_set_up` and `__post_init__`)."""
+        self.saved = self.step
+        self.checkpoints.save(self.engine, self.step,
+                              {"objective": self.objective.state_dict(), "wall_s": time.time() - self.wall_start,
+                               "eval": self.eval_metrics, "random_init": self.baseline}, self.generator,
+                              rank_state=self.objective.rank_state_dict(self.engine))
+
+
+# ----------------------------------------------------------------------------- set-up and resume
+
+
+def _set_up(cfg: RunConfig, run_dir: Path, rank: int, world: int, deadline: float | None,
+            on_eval: Callable[[int, dict], None] | None) -> _Run:
+    """Model, engine, objective and schedules; the resumed checkpoint, if any; the data stream."""
     # Identical initial weights on every rank; then per-rank streams for DropToken / stochastic depth.
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
@@ -92,21 +212,39 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 1)
     objective = build_objective(cfg, world)
     ds_config = build_ds_config(cfg, world)
-    if is_main:
-        rd.write_json(run_dir / rd.DS_CONFIG, ds_config)
-    engine, optimizer = build_engine(cfg, model, ds_config)
+    if rank == 0:
+        rd.write_json(run_dir / DS_CONFIG, ds_config)
+    engine, _ = build_engine(cfg, model, ds_config)
     schedules = Schedules(cfg)
-    checkpoints = Checkpoints(run_dir / rd.CHECKPOINTS, keep=2, log=say)
+    checkpoints = Checkpoints(run_dir / CHECKPOINTS, keep=2)
+    start_step, client, resumed = _resume(checkpoints, engine, objective, run_dir, rank)
+    logger = rd.MetricsLog(run_dir, start_step if resumed else None) if rank == 0 else None
+    loader, per_epoch = _train_loader(cfg, rank, world)
+    info = describe(cfg, device_kind())
+    meter = _throughput(cfg, info, world)
+    stream = Prefetcher(_batches(loader, per_epoch, cfg.micro_batch, start_step * cfg.accumulation), engine.device)
+    return _Run(cfg=cfg, run_dir=run_dir, rank=rank, deadline=deadline, on_eval=on_eval, generator=generator,
+                engine=engine, objective=objective, schedules=schedules, checkpoints=checkpoints,
+                start_step=start_step, client=client, resumed=resumed, logger=logger, info=info, meter=meter,
+                stream=stream, wall_start=time.time() - float(client.get("wall_s", 0.0)))
 
-    start_step, client = 0, {}
+
+def _resume(checkpoints: Checkpoints, engine, objective, run_dir: Path, rank: int) -> tuple[int, dict[str, Any], bool]:
+    """The newest sound checkpoint restored into the engine and the objective: (its step, its client
+    state, True), or (0, {}, False) when there is none."""
     resumed = checkpoints.load_latest(engine)
-    if resumed is not None:
-        start_step, client = resumed
-        objective.load_state_dict(client.get("objective", {}))
-        objective.load_rank_state_dict(engine, client.get("rank", {}))
-        say(f"resumed from step {start_step} in {run_dir}")
-    logger = rd.MetricsLog(run_dir, start_step if resumed else None) if is_main else None
+    if resumed is None:
+        return 0, {}, False
+    start_step, client = resumed
+    objective.load_state_dict(client.get("objective", {}))
+    objective.load_rank_state_dict(engine, client.get("rank", {}))
+    if rank == 0:
+        log.info("resumed from step %d in %s", start_step, run_dir)
+    return start_step, client, True
 
+
+def _train_loader(cfg: RunConfig, rank: int, world: int):
+    """This rank's loader of the train split and its micro-batches per epoch."""
     train_set = build_dataset(cfg.data, "train")
     loader = build_loader(train_set, cfg.micro_batch, shuffle=True, seed=cfg.seed + cfg.data.seed,
                           rank=rank, world_size=world, num_workers=cfg.data.num_workers)
@@ -114,134 +252,157 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     if per_epoch < 1:
         raise ConfigError("micro_batch", f"{cfg.micro_batch} is larger than a rank's share "
                                          f"({len(loader.sampler)}) of the train split")
+    return loader, per_epoch
 
-    def batches(first_micro: int):
-        epoch, offset = divmod(first_micro, per_epoch)
-        while True:
-            loader.sampler.set_epoch(epoch, start=offset * cfg.micro_batch)
-            yield from loader
-            epoch, offset = epoch + 1, 0
 
-    info = describe(cfg, device_kind())
+def _batches(loader, per_epoch: int, micro_batch: int, first_micro: int):
+    """The loader's micro-batches without end, from micro-batch `first_micro` of the run on."""
+    epoch, offset = divmod(first_micro, per_epoch)
+    while True:
+        loader.sampler.set_epoch(epoch, start=offset * micro_batch)
+        yield from loader
+        epoch, offset = epoch + 1, 0
+
+
+def _throughput(cfg: RunConfig, info: dict[str, Any], world: int) -> Throughput:
     tokens = sum(v for k, v in info["tokens"].items() if k in ("video", "audio", "text", "student_total"))
-    meter = Throughput(info["flops_per_sample"], cfg.global_batch, device_kind(), tokens, world,
-                       resolved_precision(cfg, device_kind()))
-    stream = Prefetcher(batches(start_step * cfg.accumulation), engine.device)
-    wall_start = time.time() - float(client.get("wall_s", 0.0))
-    end_reason, last_metrics, eval_metrics = "completed", {}, dict(client.get("eval", {}))
-    pending = None  # the last step's metrics when that step was not logged (read for the summary)
+    return Throughput(info["flops_per_sample"], cfg.global_batch, device_kind(), tokens, world,
+                      resolved_precision(cfg, device_kind()))
 
-    saved = [start_step]
 
-    def save(step_done: int) -> None:
-        saved.append(step_done)
-        checkpoints.save(engine, step_done, {"objective": objective.state_dict(), "wall_s": time.time() - wall_start,
-                                             "eval": eval_metrics, "random_init": baseline}, generator,
-                         rank_state=objective.rank_state_dict(engine))
+# ----------------------------------------------------------------------------- the steps
 
-    baseline = dict(client.get("random_init", {}))
-    step = start_step
-    try:  # from here on, whatever happens ends in summary.json and a closed logger
-        if cfg.eval.random_init and resumed is None:
-            cached = rd.random_init_cache(cfg, baseline_cache) if baseline_cache else None
-            if all_true(cached is not None and cached.is_file()):  # every rank sees it, or all evaluate
-                baseline = json.loads(cached.read_text())
-                say(f"random-init evaluation from {cached}")
-            else:
-                baseline = evaluate(cfg, engine, objective)
-                if is_main and cached is not None:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    rd.write_json(cached, baseline)
-            if is_main:
-                logger.log(0, baseline, prefix="eval")
-        if "rng" in client:
-            set_rng_state(client["rng"], generator)  # last thing before the first step: exact resume
-        while step < cfg.total_steps:
-            meter.start()
-            scalars = schedules.apply(engine.optimizer, step)
-            metrics, finite_loss, measured = StepMetrics(cfg.accumulation), True, None
-            for _ in range(cfg.accumulation):
-                loss, micro = objective.loss(engine, next(stream), step, generator)
-                finite_loss = finite_loss & _finite(loss.detach())  # stays on the device
-                engine.backward(loss)
-                if engine.is_gradient_accumulation_boundary():
-                    measured = grad_norm_before_step(engine)
-                engine.step()
-                metrics.add(micro)
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = measured if grad_norm is None else grad_norm
-            # One host read per optimizer step, after it: a non-finite loss or gradient ends the run
-            # before anything of this step is saved (fp16 skips overflowing steps by itself).
-            # The same reduction carries rank 0's deadline, so a run under a time limit pays nothing more.
-            finite_grad = True if cfg.precision == "fp16" else _finite(grad_norm)
-            in_time = deadline is None or step + 1 >= cfg.total_steps or not (is_main and time.time() >= deadline)
-            ok_loss, ok_grad, in_time = all_agree(finite_loss, finite_grad, in_time)
-            if not (ok_loss and ok_grad):
-                end_reason = "nonfinite_loss" if not ok_loss else "nonfinite_grad"
-                what = "loss" if end_reason == "nonfinite_loss" else "gradient norm"
-                raise StopRun(f"the {what} is not finite at step {step + 1}")
-            scalars.update(objective.after_optimizer_step(engine, step))
-            step += 1
-            if grad_norm is not None:
-                metrics.values["grad_norm"] = grad_norm
-            pending = (metrics, scalars)
-            if is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == start_step + 1):
-                last_metrics = {**metrics.read(), **scalars, **meter.stop()}
-                logger.log(step, last_metrics)
-                pending = None
-            if not in_time:  # rank 0's clock decided for all
-                save(step)
-                end_reason = "deadline"
-                raise StopRun(f"the time limit is near: saved step {step} for the requeued job")
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps:
-                eval_metrics = evaluate(cfg, engine, objective)
-                stop = None
-                if is_main:
-                    logger.log(step, eval_metrics, prefix="eval")
-                    if on_eval:
-                        try:
-                            on_eval(step, eval_metrics)
-                        except StopRun as why:
-                            stop = str(why)
-                if not all_true(stop is None):  # rank 0 decided: every rank leaves the loop together
-                    raise StopRun(stop or f"stopped by rank 0 at step {step}")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
-                save(step)
-        if step > saved[-1] or resumed is None:
-            save(step)
-        eval_metrics = evaluate(cfg, engine, objective)
-        save_consolidated(engine, run_dir / "model.pt")
-    except StopRun as stop:
-        say(f"run stopped: {stop}")
-        if end_reason == "completed":
-            end_reason = "stopped"
-    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or submitit leaving for a requeue
-        end_reason = "interrupted"
-        raise
-    except BaseException as err:
-        end_reason = f"error: {type(err).__name__}: {err}"
-        raise
-    finally:
-        summary = None
-        if is_main and pending is not None and end_reason in ("completed", "stopped", "deadline"):
-            last_metrics = {**pending[0].read(), **pending[1]}
-        if is_main:
-            if logger and eval_metrics and end_reason == "completed":
-                logger.log(step, eval_metrics, prefix="eval")
-            summary = {
-                "end_reason": end_reason, "steps": step, "planned_steps": cfg.total_steps,
-                "samples_seen": step * cfg.global_batch, "params": info["params"],
-                "flops_per_sample": info["flops_per_sample"], "total_flops": info["flops_per_sample"] * step * cfg.global_batch,
-                "wall_s": round(time.time() - wall_start, 2), "final": {**last_metrics, **eval_metrics},
-                "random_init": baseline,
-                "negatives_per_positive": info["batch"].get("negatives_per_positive"),
-            }
-            rd.write_json(run_dir / rd.SUMMARY, summary)
-            if logger:
-                if end_reason == "completed":
-                    logger.hparams(hparams_of(cfg), {**eval_metrics, "loss": last_metrics.get("loss", float("nan"))})
-                logger.close()
-    return summary or {}
+
+def _evaluate_random_init(run: _Run, baseline_cache: Path | None) -> None:
+    """A fresh run's evaluation of the untrained backbone (from a sweep's shared cache, if every
+    rank finds it there), logged at step 0."""
+    cfg = run.cfg
+    if not cfg.eval.random_init or run.resumed:
+        return
+    cached = rd.random_init_cache(cfg, baseline_cache) if baseline_cache else None
+    if all_true(cached is not None and cached.is_file()):  # every rank sees it, or all evaluate
+        run.baseline = json.loads(cached.read_text())
+        run.say(f"random-init evaluation from {cached}")
+    else:
+        run.baseline = evaluate(cfg, run.engine, run.objective)
+        if run.is_main and cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            rd.write_json(cached, run.baseline)
+    if run.is_main:
+        run.logger.log(0, run.baseline, prefix="eval")
+
+
+def _optimizer_step(run: _Run) -> bool:
+    """One optimizer step: schedules, micro-batches (forward, backward), the engine step, what runs
+    once per optimizer step. Returns whether rank 0's deadline still leaves time (the same on every rank)."""
+    cfg, engine, step = run.cfg, run.engine, run.step
+    run.meter.start()
+    scalars = run.schedules.apply(engine.optimizer, step)
+    metrics, finite_loss, measured = StepMetrics(cfg.accumulation), True, None
+    for _ in range(cfg.accumulation):
+        loss, micro = run.objective.loss(engine, next(run.stream), step, run.generator)
+        finite_loss = finite_loss & _finite(loss.detach())  # stays on the device
+        engine.backward(loss)
+        if engine.is_gradient_accumulation_boundary():
+            measured = grad_norm_before_step(engine)
+        engine.step()
+        metrics.add(micro)
+    grad_norm = engine.get_global_grad_norm()
+    grad_norm = measured if grad_norm is None else grad_norm
+    # One host read per optimizer step, after it: a non-finite loss or gradient ends the run
+    # before anything of this step is saved (fp16 skips overflowing steps by itself).
+    # The same reduction carries rank 0's deadline, so a run under a time limit pays nothing more.
+    finite_grad = True if cfg.precision == "fp16" else _finite(grad_norm)
+    in_time = run.deadline is None or step + 1 >= cfg.total_steps or not (run.is_main and time.time() >= run.deadline)
+    ok_loss, ok_grad, in_time = all_agree(finite_loss, finite_grad, in_time)
+    if not (ok_loss and ok_grad):
+        run.end_reason = NONFINITE_LOSS if not ok_loss else NONFINITE_GRAD
+        what = "loss" if run.end_reason == NONFINITE_LOSS else "gradient norm"
+        raise StopRun(f"the {what} is not finite at step {step + 1}")
+    scalars.update(run.objective.after_optimizer_step(engine, step))
+    run.step += 1
+    if grad_norm is not None:
+        metrics.values["grad_norm"] = grad_norm
+    run.pending = (metrics, scalars)
+    return in_time
+
+
+def _log_step(run: _Run) -> None:
+    """Rank 0 logs every `log_every` steps, the first step of an attempt and the last step."""
+    cfg, step = run.cfg, run.step
+    if run.is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == run.start_step + 1):
+        metrics, scalars = run.pending
+        run.last_metrics = {**metrics.read(), **scalars, **run.meter.stop()}
+        run.logger.log(step, run.last_metrics)
+        run.pending = None
+
+
+def _stop_for_deadline(run: _Run, in_time: bool) -> None:
+    if not in_time:  # rank 0's clock decided for all
+        run.save()
+        run.end_reason = DEADLINE
+        raise StopRun(f"the time limit is near: saved step {run.step} for the requeued job")
+
+
+def _evaluate_every(run: _Run) -> None:
+    """The evaluation every `eval.every_steps` steps (not at the last: `_finish` evaluates); rank 0's
+    `on_eval` may stop the run, and every rank leaves the loop together."""
+    cfg, step = run.cfg, run.step
+    if not (cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.total_steps):
+        return
+    run.eval_metrics = evaluate(cfg, run.engine, run.objective)
+    stop = None
+    if run.is_main:
+        run.logger.log(step, run.eval_metrics, prefix="eval")
+        if run.on_eval:
+            try:
+                run.on_eval(step, run.eval_metrics)
+            except StopRun as why:
+                stop = str(why)
+    if not all_true(stop is None):  # rank 0 decided: every rank leaves the loop together
+        raise StopRun(stop or f"stopped by rank 0 at step {step}")
+
+
+def _checkpoint_every(run: _Run) -> None:
+    cfg, step = run.cfg, run.step
+    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.total_steps:
+        run.save()
+
+
+# ----------------------------------------------------------------------------- the end
+
+
+def _finish(run: _Run) -> None:
+    """After the last step: its checkpoint (unless saved already), the final evaluation, model.pt."""
+    if run.step > run.saved or not run.resumed:
+        run.save()
+    run.eval_metrics = evaluate(run.cfg, run.engine, run.objective)
+    save_consolidated(run.engine, run.run_dir / MODEL)
+
+
+def _write_summary(run: _Run) -> dict[str, Any]:
+    """Rank 0, however the run ended: summary.json, the final evaluation's metrics line and the
+    HParams row of a completed run, and the closed logger."""
+    cfg, info, step, logger = run.cfg, run.info, run.step, run.logger
+    if run.pending is not None and run.end_reason in (COMPLETED, STOPPED, DEADLINE):
+        metrics, scalars = run.pending
+        run.last_metrics = {**metrics.read(), **scalars}
+    if logger and run.eval_metrics and run.end_reason == COMPLETED:
+        logger.log(step, run.eval_metrics, prefix="eval")
+    samples = step * cfg.global_batch
+    summary = {
+        END_REASON: run.end_reason, STEPS: step, PLANNED_STEPS: cfg.total_steps, SAMPLES_SEEN: samples,
+        PARAMS: info["params"], FLOPS_PER_SAMPLE: info["flops_per_sample"],
+        TOTAL_FLOPS: info["flops_per_sample"] * step * cfg.global_batch,
+        WALL_S: round(time.time() - run.wall_start, 2), FINAL: {**run.last_metrics, **run.eval_metrics},
+        RANDOM_INIT: run.baseline, NEGATIVES_PER_POSITIVE: info["batch"].get("negatives_per_positive"),
+    }
+    rd.write_json(run.run_dir / SUMMARY, summary)
+    if logger:
+        if run.end_reason == COMPLETED:
+            logger.hparams(hparams_of(cfg), {**run.eval_metrics, "loss": run.last_metrics.get("loss", float("nan"))})
+        logger.close()
+    return summary
 
 
 def hparams_of(cfg: RunConfig) -> dict[str, Any]:

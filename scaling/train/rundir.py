@@ -1,5 +1,6 @@
 """One-run layer: the self-describing run directory (config, DeepSpeed config, environment,
 metrics.jsonl, TensorBoard events, summary) and the rank-0 metrics logger that never repeats a step.
+The names of its files are scaling.schema's (re-exported here: rd.CONFIG, rd.SUMMARY, rd.read_summary, ...).
 """
 from __future__ import annotations
 
@@ -14,9 +15,29 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-CONFIG, DS_CONFIG, METRICS, SUMMARY, ENV = "config.yaml", "ds_config.json", "metrics.jsonl", "summary.json", "env.json"
-TB, CHECKPOINTS = "tb", "checkpoints"
-HPARAMS_RUN = "hparams"  # the fixed sub-run name: one HParams row per run
+from scaling.schema import CHECKPOINTS, CONFIG, DS_CONFIG, ENV, HPARAMS_RUN, METRICS, SUMMARY, TB, read_summary
+
+# The file names live in scaling.schema; they are re-exported here (rd.CONFIG, ...) for callers.
+__all__ = [
+    "CHECKPOINTS",
+    "CONFIG",
+    "DS_CONFIG",
+    "ENV",
+    "HPARAMS_RUN",
+    "METRICS",
+    "SUMMARY",
+    "TB",
+    "TRAINING_ONLY",
+    "MetricsLog",
+    "atomic_write",
+    "environment",
+    "git_commit",
+    "new_run_dir",
+    "prepare",
+    "random_init_cache",
+    "read_summary",
+    "write_json",
+]
 
 
 def new_run_dir(root: str | Path = "runs", cfg=None) -> Path:
@@ -50,12 +71,6 @@ def atomic_write(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's summary.json, or {} when there is none yet."""
-    path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def git_commit() -> str | None:
@@ -113,7 +128,8 @@ def environment() -> dict[str, Any]:
 
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-        "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
         "hostname": socket.gethostname(), "git_commit": git_commit(), "argv": sys.argv,
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "torch_threads": torch.get_num_threads(),  # per rank; ranks on one CPU machine split its cores

@@ -10,7 +10,7 @@ import time
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_peak_flops(device: str = "cpu", seconds: float = 0.3) -> float:
     """The FLOP/s a large square matmul reaches here (bf16 on GPU, fp32 on CPU): MFU's denominator."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

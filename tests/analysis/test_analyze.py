@@ -1,6 +1,5 @@
 """`scaling analyze` and the notebooks, on a real sweep the test produces (tiny runs, in process)."""
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -8,11 +7,11 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from clitools import run_cli
 from nbclient import NotebookClient
+from sweeptools import FIXED
 
 from analysis.runs import LoadWarning, load
-from clitools import run_cli
-from sweeptools import FIXED
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "analysis" / "notebooks"
 SPEC = {

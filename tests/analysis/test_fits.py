@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from clitools import run_cli
 
 from analysis.fits import FitError, FitWarning, compute_optimal, fit_chinchilla, fit_power
-from clitools import run_cli
 
 EPOCH = Path(__file__).resolve().parents[1] / "data" / "chinchilla_svg_extracted_data.csv"
 # The replication's L-BFGS-B grid optimum (Besiroglu et al. 2024).

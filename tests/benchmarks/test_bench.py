@@ -1,12 +1,14 @@
 """`scaling bench`: every benchmark runs at its smallest size (so none rots; speeds are not checked),
 the harness times cases interleaved, and the CLI writes JSON + markdown and rejects unknown names."""
 import json
+import logging
+import re
 
 import pytest
-
-from benchmarks import NAMES, run_one
-from benchmarks.core import Result, interleaved, markdown
 from clitools import run_cli
+
+from benchmarks import NAMES, run_benchmarks, run_one
+from benchmarks.core import Result, interleaved, markdown
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "sweep_overhead"])
@@ -45,6 +47,14 @@ def test_a_failing_benchmark_is_reported_and_the_report_still_renders(monkeypatc
                      "machine": {"cpu": "x", "cores": 2, "gpu": None, "torch": "t", "deepspeed": None},
                      "results": [result.to_dict(), Result("n", "T", "g", ["a"], [{"a": 1.5}], met=False).to_dict()]})
     assert "error: ZeroDivisionError" in text and "goal MISSED" in text and "| 1.5 |" in text
+
+
+def test_run_benchmarks_logs_its_progress_and_writes_the_report(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="benchmarks")
+    results, paths = run_benchmarks(["fit_speed"], "smoke", tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "benchmarks"]
+    assert lines[0] == "[bench] fit_speed ..." and re.fullmatch(r"\[bench\] fit_speed: no goal \(\d+\.\d s\)", lines[1])
+    assert [r.name for r in results] == ["fit_speed"] and paths["markdown"].is_file()
 
 
 def test_cli_writes_json_and_markdown(tmp_path):

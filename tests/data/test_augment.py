@@ -121,7 +121,8 @@ def test_solarize_inverts_pixels_at_or_above_threshold_only():
 def test_default_solarize_only_touches_second_global_crop():
     x = torch.rand(64, 3, 10, 10) * 0.5 + 0.5  # all pixels above the threshold
     g1, g2, local = MultiCrop(10, 10, 1, **{**PLAIN, "p_solarize": (0.0, 0.2, 0.0)})(x, gen())
-    solarized = lambda c: (c < 0.5).flatten(1).all(1)
+    def solarized(c):
+        return (c < 0.5).flatten(1).all(1)
     assert not solarized(g1).any() and not solarized(local).any()
     assert 3 <= int(solarized(g2).sum()) <= 30  # ~20% of 64 rows
 
@@ -278,3 +279,24 @@ def test_uint8_pixels_give_the_crops_of_their_float_values():
     assert all(a.dtype == torch.float32 for a in from_uint8)
     for a, b in zip(from_uint8, from_float):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(n_local=True), "n_local"), (dict(global_size=16.0), "global_size"), (dict(p_flip=float("nan")), "p_flip"),
+    (dict(brightness=float("inf")), "brightness"), (dict(global_scale=(0.4, True)), "global_scale"),
+    (dict(ratio="wide"), "ratio"), (dict(p_blur="abc"), "p_blur"), (dict(solarize_threshold=False), "solarize_threshold"),
+])
+def test_bad_arguments_raise_a_config_error_naming_the_argument(kwargs, field):
+    from scaling.validate import ConfigError
+
+    args = dict(global_size=16, local_size=8, n_local=2)
+    args.update(kwargs)
+    with pytest.raises(ConfigError) as err:
+        MultiCrop(**args)
+    assert err.value.field == field
+
+
+def test_constructor_normalises_numbers_to_floats():
+    crop = MultiCrop(16, 8, 1, brightness=1, global_scale=[1, 1], p_blur=[1, 0, 1])
+    assert crop.brightness == 1.0 and isinstance(crop.brightness, float)
+    assert crop.global_scale == (1.0, 1.0) and crop.p_blur == (1.0, 0.0, 1.0)

@@ -98,7 +98,7 @@ def test_audio_from_the_video_track_is_mono_at_sample_rate_with_the_written_pitc
     manifest = write_manifest(media, [{"video": "with_audio.mp4", "captions": ["x"]}])
     audio = ManifestClips(manifest, audio_samples=8000, sample_rate=16000)[0]["audio"]
     assert audio.shape == (8000,) and audio.dtype == torch.float32
-    assert -1.0 <= audio.min() and audio.max() <= 1.0 and 0.3 < audio.abs().max() < 0.7
+    assert audio.min() >= -1.0 and audio.max() <= 1.0 and 0.3 < audio.abs().max() < 0.7
     assert abs(dominant_hz(audio, 16000) - 440) < 5
 
 
@@ -205,3 +205,22 @@ def test_image_folder_errors_name_root_and_accepted_extensions(tmp_path):
     (tmp_path / "cats" / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match=r"cats: class folder has no images.*\.png"):
         ImageFolderDataset(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"fps": True}, "fps"), ({"fps": 0}, "fps"), ({"frames": 2.0}, "frames"),
+                                           ({"captions": False}, "captions")])
+def test_bad_manifest_settings_raise_a_config_error_naming_the_argument(media, kwargs, field):
+    from scaling.validate import ConfigError
+
+    manifest = write_manifest(media, [{"video": "with_audio.mp4", "captions": ["x"]}], name="ok.jsonl")
+    with pytest.raises(ConfigError) as err:
+        ManifestClips(manifest, **kwargs)
+    assert err.value.field == field
+
+
+def test_image_folder_resolution_must_be_an_integer(tmp_path):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        ImageFolderDataset(tmp_path, resolution=True)
+    assert err.value.field == "resolution"

@@ -158,3 +158,27 @@ def test_set_epoch_start_resumes_mid_epoch_exactly_where_the_full_order_continue
     assert list(sampler) == full[8:]
     with pytest.raises(ValueError, match="start must be in"):
         sampler.set_epoch(2, start=21)
+
+
+@pytest.mark.parametrize("overrides, split, field", [
+    ({"num_classes": 49}, "train", "data.num_classes"),     # more classes than shapes x directions
+    ({"frames": True}, "train", "data.frames"),             # a bool is not a count
+    ({"eval_size": -1}, "eval", "data.eval_size"),          # the split's size, named by its config path
+    ({"difficulty": float("nan")}, "train", "data.difficulty"),
+])
+def test_build_dataset_names_a_bad_constructor_argument_by_its_config_path(overrides, split, field):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_dataset(data_cfg(**overrides), split)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("kwargs, field", [({"rank": True}, "rank"), ({"world_size": 2.0}, "world_size"),
+                                           ({"rank": 2, "world_size": 2}, "rank")])
+def test_sampler_arguments_are_integers_named_in_the_error(kwargs, field):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        ShardedEpochSampler(10, shuffle=False, seed=0, **kwargs)
+    assert err.value.field == field

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from scaling.data.synthetic import (DIRECTION_WORDS, DIRECTIONS, MAX_CLASSES, SHAPE_WORDS, SHAPES, SyntheticClips,
-                                    measure_throughput)
+from scaling.data.synthetic import (
+    DIRECTION_WORDS,
+    DIRECTIONS,
+    MAX_CLASSES,
+    SHAPE_WORDS,
+    SHAPES,
+    SyntheticClips,
+    measure_throughput,
+)
 from scaling.data.text import encode_caption
 
 SMALL = dict(frames=4, resolution=32, audio_samples=512, captions=3, max_words=12, vocab_size=1000)
@@ -17,11 +24,11 @@ def test_clip_has_documented_keys_shapes_dtypes_and_ranges():
     clip = SyntheticClips("train", 10, **SMALL)[3]
     assert set(clip) == {"video", "audio", "text", "label", "index"}
     assert clip["video"].shape == (3, 4, 32, 32) and clip["video"].dtype == torch.float32
-    assert 0.0 <= clip["video"].min() and clip["video"].max() <= 1.0
+    assert clip["video"].min() >= 0.0 and clip["video"].max() <= 1.0
     assert clip["audio"].shape == (512,) and clip["audio"].dtype == torch.float32
-    assert -1.0 <= clip["audio"].min() and clip["audio"].max() <= 1.0 and clip["audio"].abs().max() > 0.05
+    assert clip["audio"].min() >= -1.0 and clip["audio"].max() <= 1.0 and clip["audio"].abs().max() > 0.05
     assert clip["text"].shape == (3, 12) and clip["text"].dtype == torch.int64
-    assert 0 <= clip["text"].min() and clip["text"].max() < 1000
+    assert clip["text"].min() >= 0 and clip["text"].max() < 1000
     assert clip["label"].dtype == torch.int64 and clip["label"].shape == () and 0 <= clip["label"] < 10
     assert clip["index"] == 3 and isinstance(clip["index"], int)
 
@@ -169,3 +176,20 @@ def test_captions_name_the_clip_shape_and_direction_differ_and_match_the_text_te
 
 def test_measure_throughput_reports_clips_per_second():
     assert measure_throughput(SyntheticClips("train", 16, **SMALL), batch_size=8, seconds=0.05) > 0
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"frames": True}, "frames"), ({"seed": 1.0}, "seed"), ({"difficulty": True}, "difficulty"),
+    ({"difficulty": float("nan")}, "difficulty"), ({"vocab_size": 1}, "vocab_size"),
+])
+def test_bools_floats_and_nan_are_refused_with_a_config_error_naming_the_argument(kwargs, field):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        SyntheticClips("train", 10, **kwargs)
+    assert err.value.field == field
+
+
+def test_numpy_integers_are_read_as_ints():
+    clips = SyntheticClips("train", np.int64(10), num_classes=np.int32(4), **SMALL)
+    assert (clips.size, clips.num_classes) == (10, 4) and type(clips.size) is int

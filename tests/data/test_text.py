@@ -36,3 +36,13 @@ def test_caption_words_keeps_digits_and_drops_punctuation():
 def test_encode_caption_rejects_bad_sizes_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         encode_caption("a caption", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"max_words": True, "vocab_size": 10}, "max_words"),
+                                           ({"max_words": 4, "vocab_size": 10.0}, "vocab_size")])
+def test_bools_and_floats_are_refused_with_a_config_error(kwargs, field):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        encode_caption("a caption", **kwargs)
+    assert err.value.field == field

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-import scaling.evaluate as evaluate_module
 from clitools import TINY
+
+import scaling.eval.evaluate as evaluate_module
 from scaling.config import RunConfig
 from scaling.data.loader import build_dataset
-from scaling.evaluate import embed, evaluate
+from scaling.eval.evaluate import embed, evaluate
 from scaling.models import build_model
 from scaling.objectives import build_objective
 

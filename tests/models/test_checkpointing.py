@@ -2,8 +2,8 @@
 seed gives the same loss and gradients, stochastic depth and DropToken included."""
 import pytest
 import torch
-
 from clitools import TINY
+
 from scaling.config import RunConfig
 from scaling.data.loader import build_dataset, collate_batch
 from scaling.models import build_model

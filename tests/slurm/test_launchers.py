@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from clitools import TINY, run_cli
 
 

@@ -2,8 +2,7 @@
 import pytest
 import yaml
 
-from slurm.profile import (PROFILES, Profile, ProfileError, available_profiles, load_profile, mem_mb, resources,
-                           time_minutes)
+from slurm.profile import PROFILES, Profile, ProfileError, available_profiles, load_profile, mem_mb, resources, time_minutes
 
 
 def write(tmp_path, **fields):
@@ -98,3 +97,65 @@ def test_slurm_time_formats(text, minutes):
 
 def test_slurm_memory_units():
     assert (mem_mb("16G"), mem_mb("500M"), mem_mb("500"), mem_mb("1T"), mem_mb("2048K")) == (16384, 500, 500, 1048576, 2)
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"partition": "gpu", "gpus_per_node": True}, "gpus_per_node"),     # a bool is not a count
+    ({"partition": "gpu", "cpus_per_task": 2.0}, "cpus_per_task"),
+    ({"partition": 7}, "partition"),
+    ({"partition": "gpu", "account": "  "}, "account"),
+])
+def test_bools_floats_and_blank_strings_are_refused_naming_the_field(fields, field):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(ProfileError) as err:
+        Profile(name="p", **fields)
+    assert err.value.field == field and isinstance(err.value, ConfigError)
+    assert str(err.value).endswith("(profile 'p')")
+
+
+@pytest.mark.parametrize("kwargs, field", [({"nproc": True}, "--nproc"), ({"nproc": 8, "nodes": 1.0}, "--nodes")])
+def test_a_request_refuses_bools_and_floats(kwargs, field):
+    with pytest.raises(ProfileError) as err:
+        resources(Profile(name="g", partition="gpu", gpus_per_node=8), **kwargs)
+    assert err.value.field == field
+
+
+def test_launcher_resources_per_launcher():
+    from slurm.profile import launcher_resources
+
+    profile, res = launcher_resources("slurm", "gpu_example", 16, time="02:00:00")
+    assert profile.name == "gpu_example" and (res.nodes, res.tasks_per_node, res.time_min) == (2, 8, 120)
+    profile, res = launcher_resources("local", None, 2)        # the 'local' profile, one node; no profile back
+    assert profile is None and (res.nodes, res.tasks_per_node, res.gpus_per_node) == (1, 2, 0)
+    assert launcher_resources("local", "local", 1, nodes=1)[1].ranks == 1
+    assert launcher_resources("debug", None, 3) == (None, None)
+
+
+@pytest.mark.parametrize("args, kwargs, cli_field, spec_field", [
+    (("slurm", None, 8), {}, "--profile", "launcher.profile"),
+    (("slurm", "nonexistent", 8), {}, "--profile", "launcher.profile"),
+    (("slurm", "gpu_example", 0), {}, "--nproc", "launcher.nproc"),
+    (("slurm", "gpu_example", 8), {"time": "soon"}, "--time", "launcher.time"),
+    (("slurm", "gpu_example", 16), {"nodes": 1}, "gpus_per_node", "launcher.gpus_per_node"),
+    (("local", None, 4), {}, "tasks_per_node", "launcher.tasks_per_node"),   # the local node takes 2 ranks
+    (("cloud", None, 1), {}, "--launcher", "launcher.type"),
+])
+def test_launcher_resources_names_the_flag_or_the_spec_key(args, kwargs, cli_field, spec_field):
+    from slurm.profile import launcher_resources
+
+    with pytest.raises(ProfileError) as err:
+        launcher_resources(*args, **kwargs)
+    assert err.value.field == cli_field
+    with pytest.raises(ProfileError) as err:
+        launcher_resources(*args, **kwargs, prefix="launcher.")
+    assert err.value.field == spec_field
+
+
+def test_a_slurm_launcher_without_a_profile_lists_the_available_ones():
+    from slurm.profile import launcher_resources
+
+    with pytest.raises(ProfileError, match="--launcher slurm needs a profile; available: .*gpu_example"):
+        launcher_resources("slurm", None, 8)
+    with pytest.raises(ProfileError, match="a slurm launcher needs a profile; available: "):
+        launcher_resources("slurm", None, 8, prefix="launcher.")

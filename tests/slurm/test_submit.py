@@ -4,7 +4,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from clitools import TINY, read_metrics, run_cli
 from slurmtools import job_id, squeue_ids, steps_logged, wait_final, wait_for
 
@@ -124,7 +123,8 @@ def test_a_bad_profile_or_request_fails_before_submission(cluster, tmp_path, pro
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(profile))
     before = squeue_ids()
-    proc = run_cli("train", *VATT, "micro_batch=2", "--run-dir", str(tmp_path / "run"), "--launcher", "slurm", "--profile", str(path),
+    proc = run_cli("train", *VATT, "micro_batch=2", "--run-dir", str(tmp_path / "run"), "--launcher", "slurm",
+                   "--profile", str(path),
                    *(args or ["--nproc", "2"]), check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"invalid config: {field}:" in proc.stderr

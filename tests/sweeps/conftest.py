@@ -3,7 +3,6 @@ server (sweeps/local_postgres.sh, which `make test` starts; its URL is $SCALING_
 import os
 
 import pytest
-
 from sweeptools import PG_URL, postgres_answers
 
 

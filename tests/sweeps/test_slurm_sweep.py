@@ -6,8 +6,9 @@ import sys
 
 from clitools import run_cli
 from slurmtools import steps_logged, wait_for
-from sweeps.spec import load_spec, point_key
 from sweeptools import FIXED, write_spec
+
+from sweeps.spec import load_spec, point_key
 
 SLURM = {"type": "slurm", "profile": "local", "nproc": 1, "parallelism": 2}
 

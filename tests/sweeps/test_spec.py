@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from sweeptools import FIXED
+
 from sweeps.spec import SPECS, SpecError, load_spec, point_key
 
 
@@ -53,6 +53,36 @@ def test_an_invalid_spec_names_its_key(tmp_path, fields, key):
         load_spec(spec_file(tmp_path, **fields))
     assert err.value.field == key, str(err.value)
     assert not (tmp_path / "sweep").exists()  # nothing was created
+
+
+@pytest.mark.parametrize("fields, key", [
+    ({"search": {"lr": "loguniform(1e-5, 1e-3)"}, "trials": True}, "trials"),       # a bool is not a count
+    ({"seed": True}, "seed"),
+    ({"retries": 1.5}, "retries"),
+    ({"name": "two words"}, "name"),
+    ({"per_method": {"simclr": {}}}, "per_method.simclr"),
+    ({"pruner": {"type": "median", "n_startup_trials": True}}, "pruner.n_startup_trials"),
+    ({"launcher": {"type": "local", "parallelism": True}}, "launcher.parallelism"),
+    ({"launcher": {"type": "slurm", "profile": "gpu_example", "time": "soon"}}, "launcher.time"),
+    ({"launcher": {"type": "slurm", "profile": "local", "nproc": 3}}, "launcher.nproc"),           # 3 ranks on 2-rank nodes
+    ({"estimate": {"mfu": 1.5}}, "estimate.mfu"),
+    ({"estimate": {"peak_tflops": float("inf")}}, "estimate.peak_tflops"),         # not finite
+    ({"estimate": {"peak_tflops": True}}, "estimate.peak_tflops"),
+    ({"search": {"lr": "uniform(0, inf)"}, "trials": 4}, "search.lr"),
+])
+def test_bad_values_raise_a_config_error_naming_the_key(tmp_path, fields, key):
+    from scaling.validate import ConfigError
+
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_file(tmp_path, **fields), check_storage=False)
+    assert err.value.field == key, str(err.value)
+    assert isinstance(err.value, ConfigError)
+
+
+def test_trial_overrides_keep_strings_strings_and_write_tuples_as_lists(tmp_path):
+    spec = load_spec(spec_file(tmp_path), check_storage=False)
+    assert "data.path='true'" in spec.overrides({"data.path": "true"})
+    assert "dino.global_scale=[0.5, 1.0]" in spec.overrides({"dino.global_scale": (0.5, 1.0)})
 
 
 def test_grid_blocks_are_joined_without_duplicates(tmp_path):

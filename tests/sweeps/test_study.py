@@ -5,11 +5,11 @@ import multiprocessing as mp
 import time
 
 import pytest
-
 from clitools import run_cli
+from sweeptools import write_spec
+
 from sweeps.spec import load_spec, point_key
 from sweeps.study import create_trial, finish, open_study, submit_lock
-from sweeptools import write_spec
 
 
 def _finish_at(spec_path: str, number: int, at: float) -> None:

@@ -1,6 +1,5 @@
 """Fixtures of the training tests."""
 import pytest
-
 from clitools import TINY
 
 

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import torch
-
 from clitools import run_cli
+
 from scaling.config import RunConfig
 from scaling.models import build_model
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import torch
-
 from clitools import run_cli
 
 COUNT_SCRIPT = """

@@ -1,8 +1,8 @@
 """The engine a run gets: half precision at ZeRO-0 is built on DeepSpeed's stage-1 path (not its
 per-tensor FP16_UnfusedOptimizer), and the MFU denominators."""
 import pytest
-
 from clitools import TINY
+
 from scaling.config import RunConfig
 from scaling.train.engine import build_ds_config
 from scaling.train.throughput import Throughput, datasheet_peak_for
@@ -30,7 +30,7 @@ def test_bf16_at_stage_0_runs_on_deepspeeds_bf16_optimizer(process_group_env):
 
     init_distributed()
     cfg = _cfg("precision=bf16", "zero_stage=0", "method=vatt")
-    engine, optimizer = build_engine(cfg, build_model(cfg), build_ds_config(cfg, 1))
+    engine, _ = build_engine(cfg, build_model(cfg), build_ds_config(cfg, 1))
     assert type(engine.optimizer).__name__ == "BF16_Optimizer"
 
 

@@ -14,7 +14,6 @@ from collections import Counter
 
 import pytest
 import torch
-
 from clitools import TINY
 
 # At most this many blocking calls per optimizer step when not logging. Ours: one (the step's
@@ -97,7 +96,7 @@ def _run(tmp_path, name, steps, overrides, calls):
     cfg = RunConfig.load(None, [*TINY, f"steps={steps}", "log_every=1000", "eval.random_init=false",
                                 "eval.linear_probe=false", "data.train_size=256", *overrides])
     calls.clear()
-    summary = train(cfg, tmp_path / name, log=lambda _m: None)
+    summary = train(cfg, tmp_path / name)
     assert summary["end_reason"] == "completed"
     return Counter(calls)
 

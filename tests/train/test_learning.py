@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from clitools import read_metrics, run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "scaling" / "configs"

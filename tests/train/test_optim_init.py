@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import torch
-
 from clitools import TINY
+
 from scaling.config import RunConfig
 from scaling.models import build_model
 from scaling.optim import Schedules, make_optimizer

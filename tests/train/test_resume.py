@@ -9,7 +9,6 @@ import sys
 import time
 
 import torch
-
 from clitools import read_metrics, run_cli
 
 RESUME = ["steps=8", "checkpoint_every=2", "eval.linear_probe=true"]

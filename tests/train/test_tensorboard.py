@@ -1,8 +1,7 @@
 """TensorBoard events, read back with TensorBoard's own EventAccumulator."""
+from clitools import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-
-from clitools import run_cli
 
 COMMON = ["train/loss", "train/lr", "train/weight_decay", "train/grad_norm", "train/samples_per_s",
           "train/tokens_per_s", "train/tflops_per_device", "train/mfu", "train/memory_gb", "eval/knn_top1"]

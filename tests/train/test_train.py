@@ -4,8 +4,8 @@ import os
 
 import pytest
 import yaml
-
 from clitools import read_metrics, run_cli
+
 from scaling.train.launch import cpu_share
 
 
