@@ -135,8 +135,11 @@ def objective_value(spec: SweepSpec, summary: dict[str, Any]) -> float | None:
 
 
 def set_user_attr(study, trial, name: str, value: Any) -> None:
-    """Record a user attribute of `trial`: an optuna Trial, or a FrozenTrial read back from the study."""
-    if hasattr(trial, "set_user_attr"):
+    """Record a user attribute of `trial` in the study: an optuna Trial, or a FrozenTrial read back from it
+    (whose own set_user_attr changes only that in-memory copy)."""
+    import optuna
+
+    if isinstance(trial, optuna.trial.Trial):
         with_retries(lambda: trial.set_user_attr(name, value))
         return
     # Optuna has no public API to set an attribute of a trial read back as a FrozenTrial (building a
