@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from scaling.models.sizes import SIZES
-from scaling.validate import ConfigError, choice, flag, integer, number, pair, yaml_value
+from scaling.validate import ConfigError, choice, flag, integer, number, pair, plain, yaml_value
 from scaling.validate import load_named_yaml as load_named_yaml  # re-exported: it lived here
 
 METHODS = ("vatt", "dino")
@@ -279,7 +279,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -319,14 +319,6 @@ def _number_or_self(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix.rstrip(".") or "config", f"must be a mapping, got {raw!r}")
@@ -351,7 +343,7 @@ _SECTIONS = {"DataConfig": DataConfig, "VATTConfig": VATTConfig, "DINOConfig": D
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `a.b=value` strings (values parsed as YAML) to a nested dict, returning a copy."""
-    out = _plain(dict(raw))
+    out = plain(dict(raw))
     for item in overrides:
         if "=" not in item:
             raise ConfigError("override", f"{item!r} is not of the form key=value (e.g. size=tiny, data.frames=8)")

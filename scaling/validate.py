@@ -21,7 +21,7 @@ import yaml
 from scaling.schema import finite_number
 
 __all__ = ["ConfigError", "choice", "finite_number", "flag", "integer", "load_named_yaml", "mapping", "number",
-           "pair", "text", "yaml_value"]
+           "pair", "plain", "text", "yaml_value"]
 
 
 class ConfigError(ValueError):
@@ -58,14 +58,15 @@ def yaml_value(value: Any) -> str:
     Strings stay strings ('true', 'null', '' and 'a: b' are quoted), floats keep every digit, and
     tuples are written as lists (a RunConfig stores lists as tuples).
     """
-    return yaml.safe_dump(_lists(value), default_flow_style=True).strip().removesuffix("...").strip()
+    return yaml.safe_dump(plain(value), default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def _lists(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """`value` as plain YAML data: dicts stay dicts, tuples and lists become lists, all the way down."""
     if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
