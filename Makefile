@@ -18,6 +18,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	bash scripts/ffmpeg_libs.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET)
 	$(PY) -m pip install -q $(TORCH_SPEC) 2>&1 | $(QUIET)

@@ -21,6 +21,7 @@ METHODS = ("vatt", "dino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt", "none")
 DATA_SOURCES = ("synthetic", "manifest", "images")
+DECODERS = ("torchcodec", "pyav")   # the video decoders of data.source=manifest
 ZERO_STAGES = (0, 1, 2, 3)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
 
@@ -47,6 +48,8 @@ class DataConfig:
     vocab_size: int = 65536
     num_workers: int = 2
     seed: int = 0                      # the data set's own seed, fixed across runs of a study
+    decoder: str = "torchcodec"        # torchcodec | pyav: the manifest's video decoder (BENCHMARKS.md)
+    max_bad_fraction: float = 0.01     # a run stops when more of its clips than this fail to decode
 
     def validate(self) -> None:
         choice("data.source", self.source, DATA_SOURCES)
@@ -60,6 +63,8 @@ class DataConfig:
         integer("data.seed", self.seed, minimum=0)
         number("data.fps", self.fps, exclusive_minimum=0)
         number("data.difficulty", self.difficulty, minimum=0.0, maximum=1.0)
+        choice("data.decoder", self.decoder, DECODERS)
+        number("data.max_bad_fraction", self.max_bad_fraction, minimum=0.0, maximum=1.0)
         if self.frames % 4:
             raise ConfigError("data.frames", f"got {self.frames}; must be a multiple of the 4-frame voxel")
         if self.resolution % 16:
@@ -152,9 +157,17 @@ class EvalConfig:
     every_steps: int = 0               # 0: only at the end
     linear_probe: bool = True
     random_init: bool = True           # also evaluate the untrained backbone (the baseline), once
+    temporal_views: int = 1            # windows per video, evenly spaced (manifest data only)
+    spatial_views: int = 1             # crops per window along the long side (manifest data only)
+
+    @property
+    def views(self) -> int:
+        return self.temporal_views * self.spatial_views
 
     def validate(self) -> None:
         integer("eval.knn_k", self.knn_k, exclusive_minimum=0)
+        integer("eval.temporal_views", self.temporal_views, minimum=1)
+        integer("eval.spatial_views", self.spatial_views, minimum=1)
         number("eval.knn_temperature", self.knn_temperature, exclusive_minimum=0)
         integer("eval.every_steps", self.every_steps, minimum=0)
 
@@ -244,6 +257,10 @@ class RunConfig:
         self.vatt.validate()
         self.dino.validate()
         self.eval.validate()
+        if self.eval.views > 1 and self.data.source != "manifest":
+            field_ = "eval.temporal_views" if self.eval.temporal_views > 1 else "eval.spatial_views"
+            raise ConfigError(field_, f"evaluation views cut windows and crops out of videos: they need "
+                                      f"data.source='manifest' (got {self.data.source!r})")
         if self.data.source == "synthetic" and self.data.train_size // self.world_size < self.micro_batch:
             raise ConfigError("data.train_size", f"got {self.data.train_size}; each of the {self.world_size} "
                                                  f"ranks needs at least micro_batch={self.micro_batch} clips")

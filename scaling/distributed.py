@@ -201,3 +201,12 @@ class SyncBatchNorm1d(nn.BatchNorm1d):
         if self.affine:
             out = out * weight + bias
         return out.to(dtype)
+
+
+def union_of_sets(items: set[int]) -> set[int]:
+    """The union of every rank's `items` (small sets of ints), on every rank."""
+    if not is_distributed():
+        return set(items)
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, sorted(items))
+    return set().union(*map(set, gathered))

@@ -87,6 +87,21 @@ def eval_input(cfg, batch: dict[str, torch.Tensor], device: torch.device | str) 
     return normalize(video)
 
 
+# What each method reads from a clip (training, evaluation): a manifest decodes only these.
+MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",))}
+
+
+def dataset_options(cfg, *, evaluation: bool) -> dict[str, Any]:
+    """build_dataset's keyword arguments for this run's method: the modalities it reads, whether its
+    clips need captions, and in evaluation the views of each video (manifest data)."""
+    train, evaluate = MODALITIES[cfg.method]
+    options: dict[str, Any] = {"modalities": evaluate if evaluation else train,
+                               "require_captions": cfg.method == "vatt" and cfg.vatt.vt_weight > 0}
+    if evaluation and cfg.data.source == "manifest":
+        options["views"] = (cfg.eval.temporal_views, cfg.eval.spatial_views)
+    return options
+
+
 class VATTObjective:
     """NCE(video, audio) + vt_weight x MIL-NCE(video, K captions), negatives gathered over ranks."""
 

@@ -37,10 +37,13 @@ FINAL = "final"                 # {metric: value}: the last logged training metr
 RANDOM_INIT = "random_init"     # {metric: value}: the evaluation of the untrained backbone
 NEGATIVES_PER_POSITIVE = "negatives_per_positive"
 STOP = "stop"                   # why a stopped run stopped (a sweep writes "pruned at step N")
+DATA_SKIPPED = "data_skipped"   # distinct clips that failed to decode and were replaced (manifest data)
+BAD_CLIPS = "bad_clips"         # their files, each with its manifest line
 
 # ----------------------------------------------------------------------------- end reasons
 COMPLETED, STOPPED, DEADLINE, INTERRUPTED = "completed", "stopped", "deadline", "interrupted"
 NONFINITE_LOSS, NONFINITE_GRAD = "nonfinite_loss", "nonfinite_grad"
+BAD_DATA = "bad_data"           # more clips than data.max_bad_fraction failed to decode
 
 
 def finite_number(value: Any) -> bool:

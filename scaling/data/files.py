@@ -1,28 +1,27 @@
 """Part of the `scaling` (one run) layer: real data read from files.
-Owns ManifestClips (JSONL manifest of video/audio/caption clips, decoded with PyAV) and ImageFolderDataset."""
+Owns ManifestClips (windows of the videos a JSONL manifest lists, with their aligned audio and
+captions) and ImageFolderDataset."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
-try:  # PyAV is only needed to decode manifests; machines that never read files can lack it
-    import av
-except ImportError:  # pragma: no cover - exercised only where PyAV is absent
-    av = None
 import numpy as np
 import torch
 from PIL import Image
 
+from scaling.data import windows
+from scaling.data.decode import DECODERS, DecodeError, open_media, require
+from scaling.data.manifest import ManifestEntry, nearest_captions, read_manifest
 from scaling.data.text import encode_caption
-from scaling.validate import integer, number
+from scaling.validate import choice, integer, number
 
-MANIFEST_KEYS = ("video", "audio", "captions", "label")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# Frames within this many seconds of a sampling instant count as "at" it: container timestamps
-# are rationals, and 3/10 s rarely round-trips to exactly 0.3.
-_TIME_TOLERANCE_S = 1e-3
+MODALITIES = ("video", "audio", "text")
+# A clip that fails is replaced by another; a sample gives up after this many failures in a row.
+MAX_ATTEMPTS = 8
+log = logging.getLogger(__name__)
 
 
 def resize_crop_box(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
@@ -32,162 +31,115 @@ def resize_crop_box(width: int, height: int, resolution: int) -> tuple[int, int,
     return resized_w, resized_h, (resized_w - resolution) // 2, (resized_h - resolution) // 2
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    line: int
-    video: Path
-    audio: Path | None
-    captions: tuple[str, ...]
-    label: int
-
-
-def _parse_entry(record, line: int, where: str, folder: Path) -> ManifestEntry:
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: line {line} must be a JSON object with keys {list(MANIFEST_KEYS)}")
-    unknown = sorted(set(record) - set(MANIFEST_KEYS))
-    if unknown:
-        # Strict keys: a typo such as "lable" would otherwise silently become "no label".
-        raise ValueError(f"{where}: line {line} has unknown field(s) {unknown}; allowed: {list(MANIFEST_KEYS)}")
-    files = {}
-    for field in ("video", "audio"):
-        value = record.get(field)
-        if value is None and field == "audio":
-            files[field] = None
-            continue
-        if not isinstance(value, str) or not value:
-            problem = "is missing" if value is None else "must be a non-empty path string"
-            raise ValueError(f"{where}: line {line}: field '{field}' {problem}")
-        path = Path(value) if Path(value).is_absolute() else folder / value
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: line {line}: {field} file not found: {path}")
-        files[field] = path
-    captions = record.get("captions")
-    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
-        raise ValueError(f"{where}: line {line}: field 'captions' must be a non-empty list of strings, "
-                         f"got {captions!r}")
-    label = integer(f"{where}: line {line}: field 'label'", record.get("label", -1), minimum=-1,
-                    note="a class index; -1 or absent: unlabelled")
-    return ManifestEntry(line, files["video"], files["audio"], tuple(captions), label)
-
-
 class ManifestClips(torch.utils.data.Dataset):
-    """Clips listed in a JSONL manifest; lines are checked at construction, media decoded on access.
+    """Windows of the videos a JSONL manifest lists (see scaling.data.manifest for the format).
 
-    Each line: {"video": path, "audio": path (optional), "captions": [str, ...], "label": int (optional)};
-    relative paths are relative to the manifest's folder.
+    Training (`views=None`): each access draws a random window of `frames` frames at `fps` inside
+    the entry's segment, a pure function of (seed, epoch, index); the sampler passes (epoch, index).
+    Evaluation (`views=(temporal, spatial)`): the temporal windows evenly spaced over the segment,
+    each cut at `spatial` crops along the long side; the sample's video is (views, 3, T, R, R), or
+    (3, T, R, R) for a single view. Audio is the window centred on the video's, so the two are
+    synchronous; timed captions are the ones nearest the window.
+
+    A clip that fails to decode is replaced by another, chosen deterministically from (seed, epoch,
+    index, attempt); the sample's "bad" lists the failed indices (-1 padded) for the loop to count.
     """
 
+    per_epoch_draws = True  # the sampler yields (epoch, index) keys
+
     def __init__(self, manifest_path, *, frames=8, resolution=64, audio_samples=4096, sample_rate=16000,
-                 fps=10.0, captions=4, max_words=16, vocab_size=65536):
+                 fps=10.0, captions=4, max_words=16, vocab_size=65536, decoder="torchcodec",
+                 modalities=MODALITIES, seed=0, views=None, require_captions=True):
         self.manifest_path = Path(manifest_path)
-        if not self.manifest_path.is_file():
-            raise FileNotFoundError(f"manifest not found: {self.manifest_path}")
         for name, value in (("frames", frames), ("resolution", resolution), ("audio_samples", audio_samples),
                             ("sample_rate", sample_rate), ("captions", captions)):
             integer(name, value, minimum=1)
         self.frames, self.resolution, self.fps = frames, resolution, number("fps", fps, exclusive_minimum=0)
         self.audio_samples, self.sample_rate = audio_samples, sample_rate
         self.captions, self.max_words, self.vocab_size = captions, max_words, vocab_size
+        self.decoder = choice("decoder", decoder, DECODERS)
+        self.modalities = tuple(modalities)
+        for m in self.modalities:
+            choice("modalities", m, MODALITIES)
+        self.seed = integer("seed", seed, minimum=0)
+        if views is not None:
+            views = (integer("temporal_views", views[0], minimum=1), integer("spatial_views", views[1], minimum=1))
+        self.views = views
         encode_caption("", max_words, vocab_size)  # fail now, not in a worker, on bad text settings
+        self.entries: list[ManifestEntry] = read_manifest(self.manifest_path)
+        if "text" in self.modalities and require_captions:
+            uncaptioned = [e.line for e in self.entries if not e.captions]
+            if uncaptioned:
+                raise ValueError(f"{self.manifest_path}: line {uncaptioned[0]} has no 'captions' "
+                                 f"({len(uncaptioned)} line(s) without); VATT's video-text loss needs them "
+                                 "(set vatt.vt_weight=0 to train on video and audio only)")
 
-        where = str(self.manifest_path)
-        self.entries: list[ManifestEntry] = []
-        with self.manifest_path.open(encoding="utf-8") as lines:
-            for line_no, text in enumerate(lines, start=1):
-                if not text.strip():
-                    continue  # blank lines (e.g. a trailing newline) carry no clip
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise ValueError(
-                        f"{where}: line {line_no}: malformed JSON ({err.msg} at column {err.colno})") from None
-                self.entries.append(_parse_entry(record, line_no, where, self.manifest_path.parent))
-        if not self.entries:
-            raise ValueError(f"{where}: manifest lists no clips (expected one JSON object per line)")
+    @property
+    def window_s(self) -> float:
+        return self.frames / self.fps
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for manifest {self.manifest_path} of {len(self)} clips")
         index = index % len(self)
+        bad, clip, errors = [], index, []
+        while True:
+            try:
+                sample = self.load(clip, epoch)
+                break
+            except DecodeError as err:
+                bad.append(clip)
+                errors.append(f"{err} (manifest line {self.entries[clip].line})")
+                log.warning("skipping a clip that does not decode: %s", errors[-1])
+                if len(bad) == MAX_ATTEMPTS or len(bad) == len(self):
+                    raise DecodeError(self.manifest_path, f"{len(bad)} clips in a row failed to decode: "
+                                      + "; ".join(errors)) from None
+                clip = windows.replacement(self.seed, epoch, index, len(bad), len(self))
+        sample["index"] = index  # the sample's identity stays the drawn one (evaluation dedupes on it)
+        sample["bad"] = torch.tensor(bad + [-1] * (MAX_ATTEMPTS - len(bad)), dtype=torch.int64)
+        return sample
+
+    def load(self, index: int, epoch: int = 0) -> dict:
+        """Clip `index` decoded (no replacement): DecodeError if any of its files fails."""
         entry = self.entries[index]
-        if av is None:
-            raise ImportError("decoding manifest clips needs PyAV: pip install av")
-        # Fewer captions than asked for are cycled so every clip yields the same (captions, max_words).
-        chosen = [entry.captions[k % len(entry.captions)] for k in range(self.captions)]
-        return {
-            "video": self._decode_video(entry.video),
-            "audio": self._decode_audio(entry),
-            "text": torch.stack([encode_caption(c, self.max_words, self.vocab_size) for c in chosen]),
-            "label": torch.tensor(entry.label, dtype=torch.int64),
-            "index": index,
-        }
-
-    def _decode_video(self, path: Path) -> torch.Tensor:
-        """(3, frames, R, R) uint8 pixels: frames at k / fps seconds from the first frame. They stay
-        uint8 until they are on the device (a quarter of fp32's bytes through the loader and PCIe)."""
-        targets = [k / self.fps for k in range(self.frames)]
-        picked: list[av.VideoFrame] = []
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise ValueError(f"{path}: no video stream")
-                stream = container.streams.video[0]
-                previous, first_time = None, None
-                # Frames without timestamps are placed by their count at the stream's nominal rate.
-                nominal_rate = float(stream.average_rate or self.fps)
-                for count, frame in enumerate(container.decode(stream)):
-                    seconds = frame.time if frame.time is not None else count / nominal_rate
-                    first_time = seconds if first_time is None else first_time
-                    # Each sampling instant takes the last frame shown at or before it.
-                    while (len(picked) < self.frames
-                           and targets[len(picked)] + _TIME_TOLERANCE_S < seconds - first_time):
-                        picked.append(previous if previous is not None else frame)
-                    if len(picked) == self.frames:
-                        break
-                    previous = frame
-                if previous is None:
-                    raise ValueError(f"{path}: video stream has no decodable frames")
-                # A clip shorter than frames / fps holds its last frame rather than failing.
-                picked += [previous] * (self.frames - len(picked))
-                images = [self._frame_rgb(frame) for frame in picked]
-        except av.error.FFmpegError as err:
-            raise ValueError(f"cannot decode video {path}: {err}") from None
-        video = torch.from_numpy(np.stack(images))  # (T, R, R, 3) uint8
-        return video.permute(3, 0, 1, 2).contiguous()
-
-    def _frame_rgb(self, frame) -> np.ndarray:
-        resized_w, resized_h, left, top = resize_crop_box(frame.width, frame.height, self.resolution)
-        rgb = frame.to_ndarray(format="rgb24", width=resized_w, height=resized_h)
-        return rgb[top:top + self.resolution, left:left + self.resolution]
-
-    def _decode_audio(self, entry: ManifestEntry) -> torch.Tensor:
-        """(audio_samples,) mono float in [-1, 1] at sample_rate, zero-padded if the track is short."""
-        path = entry.audio or entry.video
-        chunks, total = [], 0
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.audio:
-                    raise ValueError(f"{path}: no audio stream, and manifest line {entry.line} names no 'audio' "
-                                     f"file ({self.manifest_path})")
-                resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
-                for frame in container.decode(container.streams.audio[0]):
-                    for out in resampler.resample(frame):
-                        chunks.append(out.to_ndarray().reshape(-1))
-                        total += chunks[-1].size
-                    if total >= self.audio_samples:
-                        break
+        require(self.decoder)
+        out: dict = {"label": torch.tensor(entry.label, dtype=torch.int64)}
+        with open_media(entry.video, self.decoder) as media:
+            seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.info.duration)
+            if self.views is None:
+                starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s)]
+            else:
+                starts = windows.view_starts(self.views[0], seg_start, seg_end, self.window_s)
+            if "video" in self.modalities:
+                out["video"] = self._video(media, starts, seg_start, seg_end)
+            if "audio" in self.modalities:
+                a_start = windows.audio_start(starts[0], self.window_s, self.audio_samples / self.sample_rate, seg_start)
+                if entry.audio is None:
+                    out["audio"] = media.audio(a_start, self.audio_samples, self.sample_rate)
                 else:
-                    chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-        except av.error.FFmpegError as err:
-            raise ValueError(f"cannot decode audio {path}: {err}") from None
-        audio = torch.zeros(self.audio_samples)
-        if chunks:
-            samples = torch.from_numpy(np.concatenate(chunks)[:self.audio_samples].astype(np.float32))
-            audio[:len(samples)] = samples
-        return audio.clamp_(-1.0, 1.0)
+                    with open_media(entry.audio, self.decoder) as audio:
+                        out["audio"] = audio.audio(a_start, self.audio_samples, self.sample_rate)
+        if "text" in self.modalities:
+            chosen = nearest_captions(entry.captions, starts[0], starts[0] + self.window_s, self.captions)
+            out["text"] = torch.stack([encode_caption(c, self.max_words, self.vocab_size) for c in chosen])
+        return out
+
+    def _video(self, media, starts: list[float], seg_start: float, seg_end: float) -> torch.Tensor:
+        """(3, T, R, R) uint8, or (views, 3, T, R, R) in evaluation with more than one view. Pixels
+        stay uint8 until they are on the device (a quarter of fp32's bytes through the loader and PCIe)."""
+        r, views = self.resolution, []
+        spatial = 1 if self.views is None else self.views[1]
+        for start in starts:
+            frames = media.frames(windows.frame_times(start, self.frames, self.fps, seg_start, seg_end), r)
+            height, width = frames.shape[-2:]
+            for offset in windows.spatial_offsets(spatial, max(height, width), r):
+                top, left = (offset, (width - r) // 2) if height > width else ((height - r) // 2, offset)
+                views.append(frames[:, :, top:top + r, left:left + r].permute(1, 0, 2, 3).contiguous())
+        return views[0] if len(views) == 1 else torch.stack(views)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
 
-from scaling.data.files import ImageFolderDataset, ManifestClips
+from scaling.data.decode import DecodeError
+from scaling.data.files import MODALITIES, ImageFolderDataset, ManifestClips
 from scaling.data.synthetic import SyntheticClips
 from scaling.validate import ConfigError, choice, integer
 
@@ -18,12 +19,17 @@ SOURCES = ("synthetic", "manifest", "images")
 SPLITS = ("train", "eval")
 
 
-def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
-    """The `split` data set that `data_cfg` (a DataConfig-like object, read by attribute) describes."""
+def build_dataset(data_cfg, split: str, *, modalities=MODALITIES, views=None,
+                  require_captions: bool = True) -> torch.utils.data.Dataset:
+    """The `split` data set that `data_cfg` (a DataConfig-like object, read by attribute) describes.
+
+    A manifest decodes only `modalities`; `views=(temporal, spatial)` gives each clip's evaluation
+    views instead of a random training window; `require_captions` refuses entries without captions
+    (see ManifestClips)."""
     choice("split", split, SPLITS)
     source = choice("data.source", data_cfg.source, SOURCES)
     try:
-        return _dataset(data_cfg, split, source)
+        return _dataset(data_cfg, split, source, modalities, views, require_captions)
     except ConfigError as err:  # a constructor argument: name it by its DataConfig field
         if err.field == "size":
             raise ConfigError(f"data.{split}_size", err.message) from None
@@ -32,7 +38,7 @@ def build_dataset(data_cfg, split: str) -> torch.utils.data.Dataset:
         raise
 
 
-def _dataset(data_cfg, split: str, source: str) -> torch.utils.data.Dataset:
+def _dataset(data_cfg, split: str, source: str, modalities, views, require_captions) -> torch.utils.data.Dataset:
     if source == "synthetic":
         return SyntheticClips(
             split, data_cfg.train_size if split == "train" else data_cfg.eval_size,
@@ -49,7 +55,30 @@ def _dataset(data_cfg, split: str, source: str) -> torch.utils.data.Dataset:
     return ManifestClips(
         path, frames=data_cfg.frames, resolution=data_cfg.resolution, audio_samples=data_cfg.audio_samples,
         sample_rate=data_cfg.sample_rate, fps=data_cfg.fps, captions=data_cfg.captions,
-        max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size)
+        max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size, decoder=data_cfg.decoder,
+        modalities=modalities, seed=data_cfg.seed, views=views,
+        require_captions=require_captions)
+
+
+def check_dataset(data_cfg, split: str, **options) -> None:
+    """Refuse, before any compute, a `split` that cannot be read: a manifest or image folder that is
+    missing, empty or malformed, or whose first entry does not decode (it is decoded as a probe).
+    Raises ConfigError naming the field, the file and, for a manifest, the line."""
+    if data_cfg.source == "synthetic":
+        return
+    field = "data.path" if split == "train" else "data.eval_path"
+    try:
+        dataset = build_dataset(data_cfg, split, **options)
+        if isinstance(dataset, ManifestClips):
+            dataset.load(0)
+        else:
+            dataset[0]
+    except (FileNotFoundError, ValueError, DecodeError, ImportError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        probe = " (the first entry, decoded as a probe)" if isinstance(err, DecodeError) else ""
+        line = f" at line {dataset.entries[0].line}" if isinstance(err, DecodeError) else ""
+        raise ConfigError(field, f"{err}{line}{probe}") from None
 
 
 def _mix_seed(*parts: int) -> int:
@@ -69,13 +98,15 @@ class ShardedEpochSampler(Sampler[int]):
     """
 
     def __init__(self, length: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = True):
+                 world_size: int = 1, drop_last: bool = True, epoch_keys: bool = False):
         integer("world_size", world_size, minimum=1)
         integer("rank", rank, minimum=0, maximum=world_size - 1)
         self.length, self.shuffle, self.seed = length, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = epoch
         self.start = 0
+        # Data sets whose samples are drawn afresh each epoch (random windows) get (epoch, index) keys.
+        self.epoch_keys = epoch_keys
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the permutation of `epoch`; call before iterating each epoch.
@@ -97,7 +128,10 @@ class ShardedEpochSampler(Sampler[int]):
         order = self._order()
         if self.drop_last:
             order = order[:self.length - self.length % self.world_size]
-        return iter(order[self.rank::self.world_size][self.start:].tolist())
+        indices = order[self.rank::self.world_size][self.start:].tolist()
+        if self.epoch_keys:
+            return iter([(self.epoch, i) for i in indices])
+        return iter(indices)
 
     def __len__(self) -> int:
         """Samples in this rank's whole share of an epoch (`start` not subtracted)."""
@@ -119,7 +153,8 @@ def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: i
     integer("batch_size", batch_size, minimum=1)
     integer("num_workers", num_workers, minimum=0)
     sampler = ShardedEpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                                  world_size=world_size, drop_last=drop_last)
+                                  world_size=world_size, drop_last=drop_last,
+                                  epoch_keys=getattr(dataset, "per_epoch_draws", False))
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
         collate_fn=collate_batch, persistent_workers=num_workers > 0,

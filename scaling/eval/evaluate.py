@@ -19,7 +19,7 @@ from scaling.data.device import send_batch
 from scaling.data.loader import build_dataset, collate_batch
 from scaling.eval.knn import knn_accuracy
 from scaling.eval.linear import linear_probe_accuracy
-from scaling.objectives import eval_input, param_dtype, unwrap
+from scaling.objectives import dataset_options, eval_input, param_dtype, unwrap
 
 EVAL_BATCH = 128
 
@@ -32,10 +32,12 @@ def _shard(n: int, rank: int, world: int) -> list[int]:
 
 
 def _eval_loader(cfg, dataset, rank: int, world: int) -> DataLoader:
-    """This rank's padded shard of `dataset` in EVAL_BATCH batches, read by `data.num_workers`
-    worker processes into pinned memory (where there is a GPU to copy to)."""
+    """This rank's padded shard of `dataset` in batches of EVAL_BATCH views (clips of several views
+    come fewer per batch), read by `data.num_workers` worker processes into pinned memory (where
+    there is a GPU to copy to)."""
     return DataLoader(
-        dataset, batch_size=EVAL_BATCH, sampler=_shard(len(dataset), rank, world), collate_fn=collate_batch,
+        dataset, batch_size=max(1, EVAL_BATCH // cfg.eval.views), sampler=_shard(len(dataset), rank, world),
+        collate_fn=collate_batch,
         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
         # A loader draws its base seed from its generator, or else from the global torch RNG,
         # which evaluation must leave as it found it.
@@ -45,7 +47,9 @@ def _eval_loader(cfg, dataset, rank: int, world: int) -> DataLoader:
 @torch.no_grad()
 def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
     """Backbone features, labels, clip indices (and VATT's video/text embeddings) of a whole data
-    set, on every rank, in index order, on the module's device.
+    set, on every rank, in index order, on the module's device. A clip of several views (a batch's
+    video is (B, V, 3, T, H, W)) is embedded view by view and its features are the mean over them:
+    the video, not the view, is the unit of evaluation.
 
     Every rank embeds its padded shard (the same number of rows on each), the rows are gathered as
     tensors, and the padding's repeats are dropped."""
@@ -59,8 +63,13 @@ def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
     try:
         for batch in loader:
             batch = send_batch(batch, device, keys)  # asynchronous, from pinned memory
+            views = batch["video"].shape[1] if "video" in batch and batch["video"].ndim == 6 else 1
+            if views > 1:
+                batch["video"] = batch["video"].flatten(0, 1)
             x = eval_input(cfg, batch, device).to(param_dtype(module))  # a bf16 engine's module is bf16
             feats = objective.encode(engine, x)  # the video encoder's one pass over this batch
+            if views > 1:
+                feats = feats.unflatten(0, (-1, views)).mean(dim=1)
             out = {"feats": feats.float(), "labels": batch["label"],
                    "index": torch.as_tensor(batch["index"], device=device)}
             if cfg.method == "vatt":
@@ -104,8 +113,9 @@ def evaluate(cfg, engine, objective) -> dict[str, float]:
 
 
 def _evaluate(cfg, engine, objective) -> dict[str, float]:
-    bank = embed(cfg, engine, objective, build_dataset(cfg.data, "train"))
-    test = embed(cfg, engine, objective, build_dataset(cfg.data, "eval"))
+    options = dataset_options(cfg, evaluation=True)
+    bank = embed(cfg, engine, objective, build_dataset(cfg.data, "train", **options))
+    test = embed(cfg, engine, objective, build_dataset(cfg.data, "eval", **options))
     out: dict[str, float] = {}
     if bank["labels"].min() >= 0 and test["labels"].min() >= 0:
         n_classes = int(max(bank["labels"].max(), test["labels"].max())) + 1

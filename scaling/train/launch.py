@@ -24,9 +24,21 @@ def resolve_run(config: str | None, overrides: list[str], run_dir: str | None, n
     if run_dir and (Path(run_dir) / CONFIG).exists():
         base = Path(run_dir) / CONFIG
         cfg = RunConfig.load(config or base, overrides)
+        check_data(cfg)
         return cfg, Path(run_dir)
     cfg = RunConfig.load(config, overrides)
+    check_data(cfg)  # before the run directory exists
     return cfg, Path(run_dir) if run_dir else rd.new_run_dir("runs", cfg)
+
+
+def check_data(cfg: RunConfig) -> None:
+    """ConfigError, before any process group, engine or run-directory file, when the run's train or
+    eval data cannot be read (scaling.data.loader.check_dataset)."""
+    from scaling.data.loader import check_dataset
+    from scaling.objectives import dataset_options
+
+    for split in ("train", "eval"):
+        check_dataset(cfg.data, split, **dataset_options(cfg, evaluation=split == "eval"))
 
 
 def run_worker(run_dir: Path) -> None:

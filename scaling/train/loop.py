@@ -26,11 +26,14 @@ from scaling.describe import describe, resolved_precision
 from scaling.distributed import all_agree, all_true, barrier, from_rank0
 from scaling.eval.evaluate import evaluate
 from scaling.models import build_model
-from scaling.objectives import build_objective
+from scaling.objectives import build_objective, dataset_options
 from scaling.optim import Schedules
 from scaling.schema import (
+    BAD_CLIPS,
+    BAD_DATA,
     CHECKPOINTS,
     COMPLETED,
+    DATA_SKIPPED,
     DEADLINE,
     DS_CONFIG,
     END_REASON,
@@ -52,6 +55,7 @@ from scaling.schema import (
     WALL_S,
 )
 from scaling.train import rundir as rd
+from scaling.train.bad_clips import BadClips, TooManyBadClips
 from scaling.train.checkpoint import Checkpoints, set_rng_state
 from scaling.train.consolidate import save_consolidated
 from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
@@ -166,6 +170,7 @@ class _Run:
     info: dict[str, Any]  # `describe(cfg)`: params, FLOPs, tokens, batch
     meter: Throughput
     stream: Prefetcher
+    bad: BadClips  # the train split's clips that failed to decode, the same on every rank
     wall_start: float  # time.time() at the start, less the wall time of earlier attempts
     step: int = field(init=False)  # optimizer steps done
     saved: int = field(init=False)  # the last step with a checkpoint (the start step before any save)
@@ -195,7 +200,8 @@ class _Run:
         self.saved = self.step
         self.checkpoints.save(self.engine, self.step,
                               {"objective": self.objective.state_dict(), "wall_s": time.time() - self.wall_start,
-                               "eval": self.eval_metrics, "random_init": self.baseline}, self.generator,
+                               "eval": self.eval_metrics, "random_init": self.baseline,
+                               "bad_clips": sorted(self.bad.known)}, self.generator,
                               rank_state=self.objective.rank_state_dict(self.engine))
 
 
@@ -220,13 +226,15 @@ def _set_up(cfg: RunConfig, run_dir: Path, rank: int, world: int, deadline: floa
     start_step, client, resumed = _resume(checkpoints, engine, objective, run_dir, rank)
     logger = rd.MetricsLog(run_dir, start_step if resumed else None) if rank == 0 else None
     loader, per_epoch = _train_loader(cfg, rank, world)
+    bad = BadClips(loader.dataset, cfg.data.max_bad_fraction, client.get("bad_clips", ()))
     info = describe(cfg, device_kind())
     meter = _throughput(cfg, info, world)
-    stream = Prefetcher(_batches(loader, per_epoch, cfg.micro_batch, start_step * cfg.accumulation), engine.device)
+    stream = Prefetcher(_batches(loader, per_epoch, cfg.micro_batch, start_step * cfg.accumulation, bad),
+                        engine.device)
     return _Run(cfg=cfg, run_dir=run_dir, rank=rank, deadline=deadline, on_eval=on_eval, generator=generator,
                 engine=engine, objective=objective, schedules=schedules, checkpoints=checkpoints,
                 start_step=start_step, client=client, resumed=resumed, logger=logger, info=info, meter=meter,
-                stream=stream, wall_start=time.time() - float(client.get("wall_s", 0.0)))
+                stream=stream, bad=bad, wall_start=time.time() - float(client.get("wall_s", 0.0)))
 
 
 def _resume(checkpoints: Checkpoints, engine, objective, run_dir: Path, rank: int) -> tuple[int, dict[str, Any], bool]:
@@ -245,7 +253,7 @@ def _resume(checkpoints: Checkpoints, engine, objective, run_dir: Path, rank: in
 
 def _train_loader(cfg: RunConfig, rank: int, world: int):
     """This rank's loader of the train split and its micro-batches per epoch."""
-    train_set = build_dataset(cfg.data, "train")
+    train_set = build_dataset(cfg.data, "train", **dataset_options(cfg, evaluation=False))
     loader = build_loader(train_set, cfg.micro_batch, shuffle=True, seed=cfg.seed + cfg.data.seed,
                           rank=rank, world_size=world, num_workers=cfg.data.num_workers)
     per_epoch = len(loader.sampler) // cfg.micro_batch
@@ -255,12 +263,14 @@ def _train_loader(cfg: RunConfig, rank: int, world: int):
     return loader, per_epoch
 
 
-def _batches(loader, per_epoch: int, micro_batch: int, first_micro: int):
-    """The loader's micro-batches without end, from micro-batch `first_micro` of the run on."""
+def _batches(loader, per_epoch: int, micro_batch: int, first_micro: int, bad: BadClips):
+    """The loader's micro-batches without end, from micro-batch `first_micro` of the run on (each
+    batch's failed clips handed to `bad`)."""
     epoch, offset = divmod(first_micro, per_epoch)
     while True:
         loader.sampler.set_epoch(epoch, start=offset * micro_batch)
-        yield from loader
+        for batch in loader:
+            yield bad.take(batch)
         epoch, offset = epoch + 1, 0
 
 
@@ -314,12 +324,20 @@ def _optimizer_step(run: _Run) -> bool:
     # The same reduction carries rank 0's deadline, so a run under a time limit pays nothing more.
     finite_grad = True if cfg.precision == "fp16" else _finite(grad_norm)
     in_time = run.deadline is None or step + 1 >= cfg.total_steps or not (run.is_main and time.time() >= run.deadline)
-    ok_loss, ok_grad, in_time = all_agree(finite_loss, finite_grad, in_time)
+    ok_loss, ok_grad, in_time, no_new_bad = all_agree(finite_loss, finite_grad, in_time, not run.bad.pending)
+    if not no_new_bad:  # some rank replaced a clip that failed: all learn which (collective)
+        try:
+            run.bad.merge()
+        except TooManyBadClips as err:
+            run.end_reason = BAD_DATA
+            raise StopRun(str(err)) from None
     if not (ok_loss and ok_grad):
         run.end_reason = NONFINITE_LOSS if not ok_loss else NONFINITE_GRAD
         what = "loss" if run.end_reason == NONFINITE_LOSS else "gradient norm"
         raise StopRun(f"the {what} is not finite at step {step + 1}")
     scalars.update(run.objective.after_optimizer_step(engine, step))
+    if run.bad.tracks:
+        scalars["data/skipped"] = run.bad.count
     run.step += 1
     if grad_norm is not None:
         metrics.values["grad_norm"] = grad_norm
@@ -397,6 +415,8 @@ def _write_summary(run: _Run) -> dict[str, Any]:
         WALL_S: round(time.time() - run.wall_start, 2), FINAL: {**run.last_metrics, **run.eval_metrics},
         RANDOM_INIT: run.baseline, NEGATIVES_PER_POSITIVE: info["batch"].get("negatives_per_positive"),
     }
+    if run.bad.tracks:
+        summary.update({DATA_SKIPPED: run.bad.count, BAD_CLIPS: run.bad.describe()})
     rd.write_json(run.run_dir / SUMMARY, summary)
     if logger:
         if run.end_reason == COMPLETED:

@@ -158,13 +158,15 @@ class MetricsLog:
         self.tb = SummaryWriter(log_dir=str(run_dir / TB), purge_step=purge)
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
-        row = {"step": step, "time": round(dt.datetime.now().timestamp(), 3),
-               **{f"{prefix}/{k}": v for k, v in metrics.items()}}
+        """One metrics.jsonl line and the TensorBoard scalars of `step`: each key under `prefix`/,
+        unless it names its own namespace (such as data/skipped)."""
+        tags = {(k if "/" in k else f"{prefix}/{k}"): v for k, v in metrics.items()}
+        row = {"step": step, "time": round(dt.datetime.now().timestamp(), 3), **tags}
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
-        for key, value in metrics.items():
+        for tag, value in tags.items():
             if isinstance(value, (int, float)):
-                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+                self.tb.add_scalar(tag, value, step)
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}

@@ -16,7 +16,7 @@ from scaling.data.synthetic import SyntheticClips
 def data_cfg(**overrides):
     fields = dict(source="synthetic", path=None, eval_path=None, num_classes=10, train_size=48, eval_size=20,
                   difficulty=0.5, frames=4, resolution=16, audio_samples=256, sample_rate=16000, fps=10.0,
-                  captions=2, max_words=8, vocab_size=512, num_workers=0, seed=7)
+                  captions=2, max_words=8, vocab_size=512, num_workers=0, seed=7, decoder="pyav")
     return SimpleNamespace(**{**fields, **overrides})
 
 
@@ -46,10 +46,14 @@ def test_build_dataset_reads_path_for_train_and_eval_path_for_eval(tmp_path):
 
 
 def test_build_dataset_manifest_passes_the_clip_geometry(tmp_path):
-    (tmp_path / "clip.mp4").write_bytes(b"")  # construction checks existence only; nothing is decoded
+    # Construction reads the manifest only; nothing is opened or decoded.
     (tmp_path / "train.jsonl").write_text(json.dumps({"video": "clip.mp4", "captions": ["x"]}) + "\n")
     dataset = build_dataset(data_cfg(source="manifest", path=str(tmp_path / "train.jsonl")), "train")
     assert (dataset.frames, dataset.resolution, dataset.fps, dataset.captions) == (4, 16, 10.0, 2)
+    assert (dataset.decoder, dataset.seed, dataset.views, dataset.modalities) == ("pyav", 7, None, ("video", "audio", "text"))
+    views = build_dataset(data_cfg(source="manifest", eval_path=str(tmp_path / "train.jsonl")), "eval",
+                          modalities=("video",), views=(4, 3))
+    assert (views.views, views.modalities) == ((4, 3), ("video",))
 
 
 @pytest.mark.parametrize("cfg, split, match", [
