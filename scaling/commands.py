@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import scaling.data.commands
 from scaling.config import RunConfig
 
 
@@ -69,3 +70,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="re-evaluate a finished run from its run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_evaluate)
+    scaling.data.commands.add_commands(sub)

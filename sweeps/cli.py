@@ -7,9 +7,11 @@ import os
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sweeps import commands
-    from sweeps.spec import load_spec
+    from sweeps.spec import check_data, load_spec
 
     spec = load_spec(args.spec, check_storage=args.action != "plan")
+    if args.action in ("plan", "submit"):
+        check_data(spec)  # before any job: a real corpus's manifests must exist
     if args.action == "plan":
         print(commands.plan_text(spec, commands.plan(spec)))
         return 0

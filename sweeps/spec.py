@@ -308,6 +308,30 @@ def _relative(value: str, spec_path: Path) -> str:
     return str(candidate.resolve()) if str(value).endswith((".yaml", ".yml")) and candidate.is_file() else str(value)
 
 
+def check_data(spec: SweepSpec) -> None:
+    """Refuse a spec whose trials read a real corpus that is not there (a shipped spec's placeholder
+    paths, a typo): SpecError naming where the field is set, the field (data.path / data.eval_path)
+    and the file. Only existence is asked here, so it is cheap; `scaling data check` reads the files."""
+    from scaling.data.corpus import check_paths
+
+    seen = set()
+    for point in spec.grid:
+        params = {**point, **{k: s.corners()[0] for k, s in spec.search.items()}}
+        cfg = spec.run_config(params)
+        corpus = (cfg.data.source, cfg.data.path, cfg.data.eval_path)
+        if corpus in seen:
+            continue
+        seen.add(corpus)
+        try:
+            check_paths(cfg.data)
+        except ConfigError as err:
+            sources = (("grid", point), ("search", spec.search),
+                       (f"per_method.{cfg.method}", spec.per_method.get(cfg.method, {})), ("fixed", spec.fixed))
+            where = next((name for name, keys in sources if err.field in keys), "base")
+            trial = f" (trial {params})" if where in ("grid", "search") else ""
+            raise SpecError(f"{where}/{err.field}", err.message + trial) from None
+
+
 def _check_run_configs(spec: SweepSpec) -> None:
     """Build the RunConfig of every grid point (with each search axis at its bounds)."""
     if spec.pruner.get("type", "none") != "none":

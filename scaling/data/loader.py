@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
 
+from scaling.data.corpus import check_paths
 from scaling.data.decode import DecodeError
 from scaling.data.files import MODALITIES, ImageFolderDataset, ManifestClips
 from scaling.data.synthetic import SyntheticClips
@@ -66,6 +67,7 @@ def check_dataset(data_cfg, split: str, **options) -> None:
     Raises ConfigError naming the field, the file and, for a manifest, the line."""
     if data_cfg.source == "synthetic":
         return
+    check_paths(data_cfg)  # the cheap part first, with the messages `sweep plan` gives
     field = "data.path" if split == "train" else "data.eval_path"
     try:
         dataset = build_dataset(data_cfg, split, **options)
@@ -73,12 +75,18 @@ def check_dataset(data_cfg, split: str, **options) -> None:
             dataset.load(0)
         else:
             dataset[0]
-    except (FileNotFoundError, ValueError, DecodeError, ImportError) as err:
+    except ImportError as err:  # the chosen decoder is not installed: its install hint
+        raise ConfigError("data.decoder", str(err)) from None
+    except (FileNotFoundError, ValueError, DecodeError) as err:
         if isinstance(err, ConfigError):
             raise
         probe = " (the first entry, decoded as a probe)" if isinstance(err, DecodeError) else ""
         line = f" at line {dataset.entries[0].line}" if isinstance(err, DecodeError) else ""
         raise ConfigError(field, f"{err}{line}{probe}") from None
+    if split == "train" and len(dataset) != data_cfg.train_size:
+        # The epoch count, and with it DINO's schedules in epochs, is samples / data.train_size.
+        raise ConfigError("data.train_size", f"is {data_cfg.train_size}, but {data_cfg.path} holds {len(dataset)} "
+                                             f"clips: set data.train_size={len(dataset)} (epochs are counted with it)")
 
 
 def _mix_seed(*parts: int) -> int:

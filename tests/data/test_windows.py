@@ -151,3 +151,23 @@ def test_probe_reads_duration_and_streams_from_the_headers(corpus, decoder):
     info = probe(corpus / "long.mp4", decoder)
     assert info.duration == pytest.approx(70.0, abs=0.2) and info.has_audio and info.fps == pytest.approx(FPS)
     assert info.streams()["audio"]["sample_rate"] == 16000 and info.streams()["video"]["width"] == 64
+
+
+def test_a_decoder_that_is_not_installed_is_refused_with_its_install_hint(corpus, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from scaling.config import ConfigError
+    from scaling.data.decode import require
+    from scaling.data.loader import check_dataset
+
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # what an absent package looks like to import
+    with pytest.raises(ImportError, match=r"data.decoder='torchcodec' is not usable here .*pip install torchcodec"):
+        require("torchcodec")
+    path = manifest(corpus, [{"video": "short.mp4", "captions": ["a"]}], "hint.jsonl")
+    cfg = SimpleNamespace(source="manifest", path=str(path), eval_path=str(path), frames=4, resolution=16,
+                          audio_samples=256, sample_rate=16000, fps=10.0, captions=1, max_words=4, vocab_size=100,
+                          decoder="torchcodec", seed=0)
+    with pytest.raises(ConfigError, match=r"apt-get install ffmpeg") as err:
+        check_dataset(cfg, "train")
+    assert err.value.field == "data.decoder"

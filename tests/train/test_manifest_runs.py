@@ -47,7 +47,8 @@ def corpus(tmp_path_factory):
 
 
 def data_args(corpus, train="train"):
-    return [*TINY, *GEOMETRY, f"data.path={corpus[train]}", f"data.eval_path={corpus['eval']}"]
+    size = len(corpus[train].read_text().splitlines())
+    return [*TINY, *GEOMETRY, f"data.path={corpus[train]}", f"data.eval_path={corpus['eval']}", f"data.train_size={size}"]
 
 
 def test_vatt_on_two_ranks_skips_the_corrupt_file_once_and_counts_it(corpus, tmp_path):
@@ -85,7 +86,7 @@ def test_more_bad_clips_than_the_limit_stop_the_run_naming_them(corpus, tmp_path
     manifest = _write(tmp_path, "bad.jsonl", [{**r, "video": str(folder / r["video"])} for r in records])
     run_dir = tmp_path / "run"
     proc = run_cli("train", *TINY, *GEOMETRY, f"data.path={manifest}", f"data.eval_path={corpus['eval']}",
-                   "method=dino", "micro_batch=8", "steps=2", "--run-dir", str(run_dir), check=False)
+                   "data.train_size=8", "method=dino", "micro_batch=8", "steps=2", "--run-dir", str(run_dir), check=False)
     assert proc.returncode == 1
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["end_reason"] == "bad_data" and summary["data_skipped"] == 2
@@ -122,12 +123,16 @@ def test_a_sigkilled_manifest_run_resumes_to_the_same_result(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("problem, expected", [
-    ("missing", r"data.path: manifest not found: .*nowhere.jsonl"),
+    ("missing", r"data.path: .*nowhere.jsonl: no such manifest \(write one with `scaling data index"),
     ("malformed", r"data.path: .*bad.jsonl: line 2: malformed JSON"),
     ("first_corrupt", r"data.path: .*broken.mp4: .* at line 1 \(the first entry, decoded as a probe\)"),
-    ("no_eval", r"data.eval_path: must be set"),
+    ("no_eval", r"data.eval_path: data.source='manifest' reads the eval split from a manifest: set data.eval_path"),
+    ("size", r"data.train_size: is 16, but .*train.jsonl holds 17 clips: set data.train_size=17"),
 ])
-def test_bad_data_is_refused_before_any_process_group_or_run_directory(corpus, tmp_path, problem, expected):
+def test_bad_data_is_refused_before_any_run_directory_exists(corpus, tmp_path, problem, expected):
+    from scaling.config import ConfigError
+    from scaling.train.launch import resolve_run
+
     folder = corpus["folder"]
     paths = {"missing": tmp_path / "nowhere.jsonl"}
     if problem == "malformed":
@@ -135,13 +140,19 @@ def test_bad_data_is_refused_before_any_process_group_or_run_directory(corpus, t
         paths[problem].write_text(json.dumps({"video": str(folder / "train1.mp4"), "captions": ["x"]}) + "\n{oops\n")
     if problem == "first_corrupt":
         paths[problem] = _write(tmp_path, "first.jsonl", [{"video": str(folder / "broken.mp4"), "captions": ["x"]}])
-    train = paths.get(problem, corpus["train"])
     eval_args = [] if problem == "no_eval" else [f"data.eval_path={corpus['eval']}"]
-    run_dir = tmp_path / "run"
-    proc = run_cli("train", *TINY, *GEOMETRY, f"data.path={train}", *eval_args, "--nproc", "2", "--run-dir",
-                   str(run_dir), check=False)
-    assert proc.returncode == 2, proc.stderr
-    import re
+    overrides = [*TINY, *GEOMETRY, f"data.path={paths.get(problem, corpus['train'])}", *eval_args, "data.train_size=17"]
+    if problem == "size":
+        overrides.append("data.train_size=16")
+    with pytest.raises(ConfigError, match=expected):
+        resolve_run(None, overrides, str(tmp_path / "run"), 2)
+    assert not (tmp_path / "run").exists()
 
-    assert re.search(expected, proc.stderr), proc.stderr
-    assert "Traceback" not in proc.stderr and not run_dir.exists()
+
+def test_the_cli_refuses_a_missing_manifest_with_a_message_not_a_traceback(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *TINY, *GEOMETRY, f"data.path={tmp_path / 'nowhere.jsonl'}", f"data.eval_path={corpus['eval']}",
+                   "--nproc", "2", "--run-dir", str(run_dir), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"scaling: invalid config: data.path: {tmp_path / 'nowhere.jsonl'}: no such manifest" in proc.stderr
+    assert not run_dir.exists()

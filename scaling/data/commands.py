@@ -1,0 +1,127 @@
+"""One-run layer's data commands: `scaling data index DIR` and `scaling data check MANIFEST`.
+
+Thin: parse, call scaling.data.corpus, print the counts. Importing this module loads no torch (the
+entry point imports it to list the commands); the scans import it when they start.
+"""
+from __future__ import annotations
+
+import argparse
+
+from scaling.config import DECODERS
+from scaling.data.corpus import LAYOUTS, VIDEO_EXTENSIONS
+
+# Files named one by one in the summary; the rest are counted, and listed in the written files.
+SHOWN = 10
+
+
+def _names(items, shown: int = SHOWN) -> list[str]:
+    items = list(items)
+    return [f"  {item}" for item in items[:shown]] + ([f"  ... and {len(items) - shown} more"] if len(items) > shown else [])
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from scaling.data.corpus import index_corpus
+
+    report = index_corpus(args.dir, args.out, layout=args.layout, decoder=args.decoder, workers=args.workers,
+                          force=args.force)
+    classes = f", {len(report.classes)} classes" if args.layout == "kinetics" else ""
+    print(f"indexed {report.indexed} files{classes} -> {report.manifest}")
+    if report.empty_classes:
+        print(f"note: {len(report.empty_classes)} class folder(s) hold no video that could be indexed; "
+              "their labels are kept, so the labels of two splits with the same class folders agree:")
+        print("\n".join(_names(report.empty_classes)))
+    if report.stray:
+        print(f"note: {len(report.stray)} video(s) directly in {args.dir} are in no class folder, skipped:")
+        print("\n".join(_names(report.stray)))
+    if report.without_audio:
+        print(f"note: {len(report.without_audio)} file(s) have no audio track; VATT needs audio "
+              "(`scaling data check` counts them as bad for method=vatt; DINO reads them):")
+        print("\n".join(_names(report.without_audio)))
+    else:
+        print("every file has an audio track")
+    if report.bad:
+        print(f"could not probe {len(report.bad)} file(s), left out of the manifest -> {report.bad_list}:")
+        print("\n".join(_names(f"{path}: {why}" for path, why in report.bad)))
+    else:
+        print("every file could be probed")
+    return 0
+
+
+def _run_config(config: str | None, overrides: list[str]):
+    """The RunConfig whose method and data.* the check decodes with. How long a run trains does not
+    matter here, so steps=1 stands in when neither the file nor the overrides say."""
+    from scaling.config import ConfigError, RunConfig
+
+    try:
+        return RunConfig.load(config, overrides)
+    except ConfigError as err:
+        if err.field != "steps":
+            raise
+        return RunConfig.load(config, ["steps=1", *overrides])  # still wrong: the user's own mistake is raised
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from scaling.data.corpus import check_manifest
+    from scaling.objectives import dataset_options
+
+    cfg = _run_config(args.config, args.overrides)
+    data, modalities = cfg.data, dataset_options(cfg, evaluation=False)["modalities"]
+    report = check_manifest(
+        args.manifest, out_dir=args.out_dir, workers=args.workers, frames=data.frames, resolution=data.resolution,
+        audio_samples=data.audio_samples, sample_rate=data.sample_rate, fps=data.fps, captions=data.captions,
+        max_words=data.max_words, vocab_size=data.vocab_size, decoder=args.decoder or data.decoder, seed=data.seed,
+        modalities=modalities)
+    audio = f", {data.audio_samples} audio samples at {data.sample_rate} Hz" if "audio" in modalities else ""
+    print(f"checked {report.total} entries of {report.manifest} ({cfg.method}: {', '.join(modalities)}; "
+          f"{data.frames} frames at {data.fps:g} fps, {data.resolution}px{audio}): "
+          f"{report.good} good, {len(report.bad)} bad")
+    if cfg.method == "vatt" and cfg.vatt.vt_weight > 0 and report.uncaptioned:
+        print(f"note: {report.uncaptioned} entries have no captions; VATT's video-text loss needs them "
+              "(set vatt.vt_weight=0 to train on video and audio only)")
+    print(f"clean manifest ({report.good} lines) -> {report.clean}")
+    print(f"bad list ({len(report.bad)} lines) -> {report.bad_list}")
+    if report.bad:
+        print("\n".join(_names(f"line {line}: {error}" for line, _, error in report.bad)))
+    return 1 if report.bad else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="real video corpora: index a folder into a manifest, check that every entry decodes",
+                       description="From a folder of videos to a manifest a run can read: `index` it, then `check` it.")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="{index,check}")
+
+    p = data.add_parser(
+        "index", help="write the JSONL manifest of a folder of videos (labels, durations, streams)",
+        description="Walk DIR for videos (" + " ".join(VIDEO_EXTENSIONS) + ") and write one manifest line per file: "
+                    "its path (relative to the manifest's folder when inside it), its label and class with "
+                    "--layout kinetics (DIR/<class>/<video>; sorted class names are labels 0..C-1), its duration "
+                    "and streams (read from the headers only: cheap). Files that cannot be probed go to "
+                    "<out stem>.unreadable.jsonl, not to the manifest. Exit code 0; 2 when DIR or --out is refused "
+                    "(nothing is written then).")
+    p.add_argument("dir", metavar="DIR", help="the corpus folder")
+    p.add_argument("--layout", required=True, choices=LAYOUTS,
+                   help="kinetics: DIR/<class>/<video>, labelled by class folder; flat: every video under DIR, unlabelled")
+    p.add_argument("--out", required=True, help="the manifest to write (e.g. DIR/../train.jsonl)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--decoder", choices=DECODERS, default="pyav", help="the library that reads the headers (default: pyav)")
+    p.add_argument("--workers", type=int, help="processes probing files (default: every core this process may use)")
+    p.set_defaults(func=cmd_index)
+
+    p = data.add_parser(
+        "check", help="decode every manifest entry once; write the bad list and a cleaned manifest",
+        description="Decode every entry's training window once (epoch 0) with the run's geometry and modalities "
+                    "(data.frames, data.fps, data.resolution, data.audio_samples, data.sample_rate; VATT decodes "
+                    "audio, DINO only video: give method=dino), from RunConfig's defaults, --config and key=value "
+                    "overrides. Writes <stem>.bad.jsonl (line, video, error of each bad entry) and <stem>.clean.jsonl "
+                    "(the good lines, verbatim and in order; in another --out-dir their relative paths are made "
+                    "absolute). Exit code 0 when every entry decodes, 1 when some do not, 2 when the manifest "
+                    "cannot be read.")
+    p.add_argument("manifest", metavar="MANIFEST", help="a JSONL manifest (e.g. from `scaling data index`)")
+    # As scaling.commands.config_args names a RunConfig (importing it from there would be a cycle).
+    p.add_argument("--config", "-c", help="RunConfig YAML file (its data.* and method give the geometry)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. method=dino data.frames=32 data.resolution=224")
+    p.add_argument("--out-dir", help="where the two files go (default: the manifest's folder)")
+    p.add_argument("--decoder", choices=DECODERS, help="override data.decoder (default: the config's, torchcodec)")
+    p.add_argument("--workers", type=int, help="processes decoding (default: every core this process may use)")
+    p.set_defaults(func=cmd_check)
