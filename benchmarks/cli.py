@@ -26,7 +26,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks against their goals: step vs timm, DropToken, ZeRO memory, fit "
-                                     "speed, data pipeline, sweep overhead (JSON + markdown)")
+                                     "speed, data pipeline, real-file decoding, sweep overhead (JSON + markdown)")
     p.add_argument("names", nargs="*", metavar="NAME", help="which benchmarks (default: all)")
     p.add_argument("--scale", choices=["full", "smoke"], default="full",
                    help="full: the recorded sizes (default); smoke: the smallest sizes, to check they run")
