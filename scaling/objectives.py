@@ -91,14 +91,17 @@ def eval_input(cfg, batch: dict[str, torch.Tensor], device: torch.device | str) 
 MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",))}
 
 
-def dataset_options(cfg, *, evaluation: bool) -> dict[str, Any]:
+def dataset_options(cfg, *, evaluation: bool, split: str = "eval") -> dict[str, Any]:
     """build_dataset's keyword arguments for this run's method: the modalities it reads, whether its
-    clips need captions, and in evaluation the views of each video (manifest data)."""
+    clips need captions, and in evaluation the views of each video (manifest data): the eval split's
+    `eval.temporal_views` x `eval.spatial_views`, and one centre view of each train-split video for
+    the k-NN bank and the probe's training set (12 views of every train video would cost 12 times
+    the decoding of an epoch at each evaluation)."""
     train, evaluate = MODALITIES[cfg.method]
     options: dict[str, Any] = {"modalities": evaluate if evaluation else train,
                                "require_captions": cfg.method == "vatt" and cfg.vatt.vt_weight > 0}
     if evaluation and cfg.data.source == "manifest":
-        options["views"] = (cfg.eval.temporal_views, cfg.eval.spatial_views)
+        options["views"] = (cfg.eval.temporal_views, cfg.eval.spatial_views) if split == "eval" else (1, 1)
     return options
 
 

@@ -113,9 +113,9 @@ def evaluate(cfg, engine, objective) -> dict[str, float]:
 
 
 def _evaluate(cfg, engine, objective) -> dict[str, float]:
-    options = dataset_options(cfg, evaluation=True)
-    bank = embed(cfg, engine, objective, build_dataset(cfg.data, "train", **options))
-    test = embed(cfg, engine, objective, build_dataset(cfg.data, "eval", **options))
+    bank = embed(cfg, engine, objective,
+                 build_dataset(cfg.data, "train", **dataset_options(cfg, evaluation=True, split="train")))
+    test = embed(cfg, engine, objective, build_dataset(cfg.data, "eval", **dataset_options(cfg, evaluation=True)))
     out: dict[str, float] = {}
     if bank["labels"].min() >= 0 and test["labels"].min() >= 0:
         n_classes = int(max(bank["labels"].max(), test["labels"].max())) + 1

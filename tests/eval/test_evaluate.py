@@ -121,3 +121,28 @@ def test_shards_are_equal_and_cover_every_clip(n, world):
     shards = [evaluate_module._shard(n, r, world) for r in range(world)]
     assert len({len(s) for s in shards}) == 1
     assert sorted(set(i for s in shards for i in s)) == list(range(n))
+
+
+def test_a_video_of_several_views_is_embedded_as_the_mean_of_its_views(tmp_path):
+    import json
+
+    from scaling.data.encode import write_video
+
+    for k in range(3):
+        write_video(tmp_path / f"v{k}.mp4", seconds=3 + k, fps=10, size=(48, 32), audio=False)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"video": f"v{k}.mp4", "label": k}) + "\n" for k in range(3)))
+    data = ["data.source=manifest", f"data.path={manifest}", f"data.eval_path={manifest}", "data.frames=4",
+            "data.resolution=32", "data.train_size=3", "data.decoder=pyav"]
+    cfg = RunConfig.load(None, [*TINY, *data, "method=dino", "eval.temporal_views=3", "eval.spatial_views=2"])
+    torch.manual_seed(0)
+    model, objective = build_model(cfg), build_objective(cfg)
+    views = build_dataset(cfg.data, "eval", modalities=("video",), views=(3, 2))
+    pooled = embed(cfg, model, objective, views)
+    assert pooled["feats"].shape[0] == 3 and pooled["index"].tolist() == [0, 1, 2]
+    for k in range(3):
+        clips = views[k]["video"]  # (6, 3, T, R, R)
+        single = torch.stack([objective.encode(model, evaluate_module.eval_input(cfg, {"video": v[None]}, "cpu"))[0]
+                              for v in clips])
+        assert torch.allclose(pooled["feats"][k], single.mean(0), atol=1e-5)
+        assert not torch.allclose(single[0], single[-1], atol=1e-3)  # the views do differ
