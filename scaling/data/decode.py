@@ -11,6 +11,7 @@ the requested rate, starting at the requested time, zero-padded where the track 
 from __future__ import annotations
 
 import importlib.util
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,14 +126,18 @@ class Media:
         raise NotImplementedError
 
 
-def open_media(path, decoder: str) -> Media:
-    """`path` opened with `decoder`; any failure (missing file, not media) is a DecodeError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DecodeError(path, "file not found")
+def open_media(source, decoder: str, *, name: str | None = None) -> Media:
+    """`source` (a path, or a file's bytes, e.g. a shard member called `name`) opened with `decoder`;
+    any failure (missing file, not media) is a DecodeError naming it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        path, source = Path(name or "<bytes>"), bytes(source)
+    else:
+        path = source = Path(source)
+        if not path.is_file():
+            raise DecodeError(path, "file not found")
     require(decoder)
     try:
-        return _TorchCodecMedia(path) if decoder == "torchcodec" else _PyAVMedia(path)
+        return _TorchCodecMedia(path, source) if decoder == "torchcodec" else _PyAVMedia(path, source)
     except DecodeError:
         raise
     except Exception as err:  # decoders raise many types for a broken file; all mean "cannot open it"
@@ -163,11 +168,11 @@ _AUDIO_PREROLL_S = 0.1
 
 
 class _PyAVMedia(Media):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, source):
         import av
 
         self.path, self._av = path, av
-        self.container = av.open(str(path))
+        self.container = av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
         video = self.container.streams.video[0] if self.container.streams.video else None
         audio = self.container.streams.audio[0] if self.container.streams.audio else None
         for stream in (video, audio):
@@ -255,17 +260,18 @@ class _PyAVMedia(Media):
 
 
 class _TorchCodecMedia(Media):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, source):
         from torchcodec.decoders import AudioDecoder, VideoDecoder
 
         self.path, self._audio_decoder = path, AudioDecoder
+        self.source = source if isinstance(source, bytes) else str(source)
         try:
             # Approximate seeking reads only the headers; exact mode would scan the whole file first.
-            self.video = VideoDecoder(str(path), seek_mode="approximate", num_ffmpeg_threads=1)
+            self.video = VideoDecoder(self.source, seek_mode="approximate", num_ffmpeg_threads=1)
         except (RuntimeError, ValueError):
             self.video = None
         try:
-            self._audio_meta = AudioDecoder(str(path)).metadata
+            self._audio_meta = AudioDecoder(self.source).metadata
         except (RuntimeError, ValueError):
             self._audio_meta = None
         self.info = self._info()
@@ -305,7 +311,7 @@ class _TorchCodecMedia(Media):
         if self._audio_meta is None:
             raise DecodeError(self.path, "no audio stream")
         try:
-            decoder = self._audio_decoder(str(self.path), sample_rate=rate, num_channels=1)
+            decoder = self._audio_decoder(self.source, sample_rate=rate, num_channels=1)
             begin = decoder.metadata.begin_stream_seconds_from_header or 0.0
             stop = start + count / rate
             if decoder.metadata.duration_seconds_from_header:

@@ -31,26 +31,20 @@ def resize_crop_box(width: int, height: int, resolution: int) -> tuple[int, int,
     return resized_w, resized_h, (resized_w - resolution) // 2, (resized_h - resolution) // 2
 
 
-class ManifestClips(torch.utils.data.Dataset):
-    """Windows of the videos a JSONL manifest lists (see scaling.data.manifest for the format).
+class ClipReader:
+    """The clip geometry, what to decode and how: one manifest entry's window (or evaluation views),
+    its synchronous audio and its captions, from its files or from bytes (a shard's members).
 
-    Training (`views=None`): each access draws a random window of `frames` frames at `fps` inside
-    the entry's segment, a pure function of (seed, epoch, index); the sampler passes (epoch, index).
-    Evaluation (`views=(temporal, spatial)`): the temporal windows evenly spaced over the segment,
-    each cut at `spatial` crops along the long side; the sample's video is (views, 3, T, R, R), or
-    (3, T, R, R) for a single view. Audio is the window centred on the video's, so the two are
-    synchronous; timed captions are the ones nearest the window.
-
-    A clip that fails to decode is replaced by another, chosen deterministically from (seed, epoch,
-    index, attempt); the sample's "bad" lists the failed indices (-1 padded) for the loop to count.
+    Training (`views=None`): a random window of `frames` frames at `fps` inside the entry's segment,
+    a pure function of (seed, epoch, index). Evaluation (`views=(temporal, spatial)`): the temporal
+    windows evenly spaced over the segment, each cut at `spatial` crops along the long side; the
+    video is then (views, 3, T, R, R), or (3, T, R, R) for a single view. Audio is the window
+    centred on the video's, so the two are synchronous; timed captions are the ones nearest the window.
     """
 
-    per_epoch_draws = True  # the sampler yields (epoch, index) keys
-
-    def __init__(self, manifest_path, *, frames=8, resolution=64, audio_samples=4096, sample_rate=16000,
-                 fps=10.0, captions=4, max_words=16, vocab_size=65536, decoder="torchcodec",
-                 modalities=MODALITIES, seed=0, views=None, require_captions=True):
-        self.manifest_path = Path(manifest_path)
+    def __init__(self, *, frames=8, resolution=64, audio_samples=4096, sample_rate=16000, fps=10.0, captions=4,
+                 max_words=16, vocab_size=65536, decoder="torchcodec", modalities=MODALITIES, seed=0, views=None,
+                 require_captions=True):
         for name, value in (("frames", frames), ("resolution", resolution), ("audio_samples", audio_samples),
                             ("sample_rate", sample_rate), ("captions", captions)):
             integer(name, value, minimum=1)
@@ -65,21 +59,89 @@ class ManifestClips(torch.utils.data.Dataset):
         if views is not None:
             views = (integer("temporal_views", views[0], minimum=1), integer("spatial_views", views[1], minimum=1))
         self.views = views
+        self.require_captions = require_captions
         encode_caption("", max_words, vocab_size)  # fail now, not in a worker, on bad text settings
-        self.entries: list[ManifestEntry] = read_manifest(self.manifest_path)
-        if "text" in self.modalities and require_captions:
-            uncaptioned = [e.line for e in self.entries if not e.captions]
-            if uncaptioned:
-                raise ValueError(f"{self.manifest_path}: line {uncaptioned[0]} has no 'captions' "
-                                 f"({len(uncaptioned)} line(s) without); VATT's video-text loss needs them "
-                                 "(set vatt.vt_weight=0 to train on video and audio only)")
 
     @property
     def window_s(self) -> float:
         return self.frames / self.fps
 
+    def check_captions(self, entries, where) -> None:
+        """Refuse entries without captions when the method's text loss needs them."""
+        if "text" in self.modalities and self.require_captions:
+            uncaptioned = [e.line for e in entries if not e.captions]
+            if uncaptioned:
+                raise ValueError(f"{where}: line {uncaptioned[0]} has no 'captions' "
+                                 f"({len(uncaptioned)} line(s) without); VATT's video-text loss needs them "
+                                 "(set vatt.vt_weight=0 to train on video and audio only)")
+
+    def decode(self, entry: ManifestEntry, epoch: int, index: int, video=None, audio=None) -> dict:
+        """The sample of `entry` (drawn for `epoch` and `index`), from `video` and `audio` (paths or
+        bytes; by default the entry's files). DecodeError if any of them fails."""
+        require(self.decoder)
+        video = entry.video if video is None else video
+        audio = entry.audio if audio is None else audio
+        out: dict = {"label": torch.tensor(entry.label, dtype=torch.int64)}
+        with open_media(video, self.decoder) as media:
+            seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.info.duration)
+            if self.views is None:
+                starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s)]
+            else:
+                starts = windows.view_starts(self.views[0], seg_start, seg_end, self.window_s)
+            if "video" in self.modalities:
+                out["video"] = self._video(media, starts, seg_start, seg_end)
+            if "audio" in self.modalities:
+                a_start = windows.audio_start(starts[0], self.window_s, self.audio_samples / self.sample_rate, seg_start)
+                if audio is None:
+                    out["audio"] = media.audio(a_start, self.audio_samples, self.sample_rate)
+                else:
+                    with open_media(audio, self.decoder) as track:
+                        out["audio"] = track.audio(a_start, self.audio_samples, self.sample_rate)
+        if "text" in self.modalities:
+            chosen = nearest_captions(entry.captions, starts[0], starts[0] + self.window_s, self.captions)
+            out["text"] = torch.stack([encode_caption(c, self.max_words, self.vocab_size) for c in chosen])
+        return out
+
+    def _video(self, media, starts: list[float], seg_start: float, seg_end: float) -> torch.Tensor:
+        """(3, T, R, R) uint8, or (views, 3, T, R, R) in evaluation with more than one view. Pixels
+        stay uint8 until they are on the device (a quarter of fp32's bytes through the loader and PCIe)."""
+        r, views = self.resolution, []
+        spatial = 1 if self.views is None else self.views[1]
+        for start in starts:
+            frames = media.frames(windows.frame_times(start, self.frames, self.fps, seg_start, seg_end), r)
+            height, width = frames.shape[-2:]
+            for offset in windows.spatial_offsets(spatial, max(height, width), r):
+                top, left = (offset, (width - r) // 2) if height > width else ((height - r) // 2, offset)
+                views.append(frames[:, :, top:top + r, left:left + r].permute(1, 0, 2, 3).contiguous())
+        return views[0] if len(views) == 1 else torch.stack(views)
+
+
+def bad_marks(bad: list[int]) -> torch.Tensor:
+    """A sample's "bad" entry: the ids of the clips that failed before it, -1 padded to MAX_ATTEMPTS."""
+    return torch.tensor(bad + [-1] * (MAX_ATTEMPTS - len(bad)), dtype=torch.int64)
+
+
+class ManifestClips(ClipReader, torch.utils.data.Dataset):
+    """The clips a JSONL manifest lists (see scaling.data.manifest for the format), each read as
+    ClipReader says; the sampler passes (epoch, index) keys, so each epoch draws fresh windows.
+
+    A clip that fails to decode is replaced by another, chosen deterministically from (seed, epoch,
+    index, attempt); the sample's "bad" lists the failed indices (-1 padded) for the loop to count.
+    """
+
+    per_epoch_draws = True  # the sampler yields (epoch, index) keys
+
+    def __init__(self, manifest_path, **reader):
+        super().__init__(**reader)
+        self.manifest_path = Path(manifest_path)
+        self.entries: list[ManifestEntry] = read_manifest(self.manifest_path)
+        self.check_captions(self.entries, self.manifest_path)
+
     def __len__(self) -> int:
         return len(self.entries)
+
+    def describe_clip(self, index: int) -> str:
+        return f"{self.entries[index].video} (line {self.entries[index].line})"
 
     def __getitem__(self, key) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -100,46 +162,12 @@ class ManifestClips(torch.utils.data.Dataset):
                                       + "; ".join(errors)) from None
                 clip = windows.replacement(self.seed, epoch, index, len(bad), len(self))
         sample["index"] = index  # the sample's identity stays the drawn one (evaluation dedupes on it)
-        sample["bad"] = torch.tensor(bad + [-1] * (MAX_ATTEMPTS - len(bad)), dtype=torch.int64)
+        sample["bad"] = bad_marks(bad)
         return sample
 
     def load(self, index: int, epoch: int = 0) -> dict:
         """Clip `index` decoded (no replacement): DecodeError if any of its files fails."""
-        entry = self.entries[index]
-        require(self.decoder)
-        out: dict = {"label": torch.tensor(entry.label, dtype=torch.int64)}
-        with open_media(entry.video, self.decoder) as media:
-            seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.info.duration)
-            if self.views is None:
-                starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s)]
-            else:
-                starts = windows.view_starts(self.views[0], seg_start, seg_end, self.window_s)
-            if "video" in self.modalities:
-                out["video"] = self._video(media, starts, seg_start, seg_end)
-            if "audio" in self.modalities:
-                a_start = windows.audio_start(starts[0], self.window_s, self.audio_samples / self.sample_rate, seg_start)
-                if entry.audio is None:
-                    out["audio"] = media.audio(a_start, self.audio_samples, self.sample_rate)
-                else:
-                    with open_media(entry.audio, self.decoder) as audio:
-                        out["audio"] = audio.audio(a_start, self.audio_samples, self.sample_rate)
-        if "text" in self.modalities:
-            chosen = nearest_captions(entry.captions, starts[0], starts[0] + self.window_s, self.captions)
-            out["text"] = torch.stack([encode_caption(c, self.max_words, self.vocab_size) for c in chosen])
-        return out
-
-    def _video(self, media, starts: list[float], seg_start: float, seg_end: float) -> torch.Tensor:
-        """(3, T, R, R) uint8, or (views, 3, T, R, R) in evaluation with more than one view. Pixels
-        stay uint8 until they are on the device (a quarter of fp32's bytes through the loader and PCIe)."""
-        r, views = self.resolution, []
-        spatial = 1 if self.views is None else self.views[1]
-        for start in starts:
-            frames = media.frames(windows.frame_times(start, self.frames, self.fps, seg_start, seg_end), r)
-            height, width = frames.shape[-2:]
-            for offset in windows.spatial_offsets(spatial, max(height, width), r):
-                top, left = (offset, (width - r) // 2) if height > width else ((height - r) // 2, offset)
-                views.append(frames[:, :, top:top + r, left:left + r].permute(1, 0, 2, 3).contiguous())
-        return views[0] if len(views) == 1 else torch.stack(views)
+        return self.decode(self.entries[index], epoch, index)
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):

@@ -25,7 +25,7 @@ class BadClips:
         self.dataset, self.max_fraction = dataset, max_fraction
         self.known: set[int] = set(known)   # on every rank, after each merge
         self.new: set[int] = set()           # this rank's, not yet merged
-        self.tracks = hasattr(dataset, "entries")
+        self.tracks = hasattr(dataset, "describe_clip")
 
     def take(self, batch: dict[str, Any]) -> dict[str, Any]:
         """`batch` without its "bad" entry, whose failed indices are remembered."""
@@ -54,5 +54,4 @@ class BadClips:
         return len(self.known)
 
     def describe(self) -> list[str]:
-        entries = self.dataset.entries
-        return [f"{entries[i].video} (line {entries[i].line})" for i in sorted(self.known)]
+        return [self.dataset.describe_clip(i) for i in sorted(self.known)]
