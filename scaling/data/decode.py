@@ -100,6 +100,11 @@ class Media:
 
     info: MediaInfo
 
+    @property
+    def duration(self) -> float:
+        """Seconds: the video stream's, else the audio's, else the container's."""
+        return self.info.duration
+
     def __enter__(self):
         return self
 
@@ -260,27 +265,49 @@ class _PyAVMedia(Media):
 
 
 class _TorchCodecMedia(Media):
+    """Opening costs one video decoder; the audio track is opened only when asked for (by `audio`,
+    or by `info`'s audio facts), since each open of a file costs as much as decoding a small window."""
+
     def __init__(self, path: Path, source):
         from torchcodec.decoders import AudioDecoder, VideoDecoder
 
         self.path, self._audio_decoder = path, AudioDecoder
         self.source = source if isinstance(source, bytes) else str(source)
+        self._info_cache: MediaInfo | None = None
+        self._audio_cache: list = []
         try:
             # Approximate seeking reads only the headers; exact mode would scan the whole file first.
             self.video = VideoDecoder(self.source, seek_mode="approximate", num_ffmpeg_threads=1)
         except (RuntimeError, ValueError):
             self.video = None
-        try:
-            self._audio_meta = AudioDecoder(self.source).metadata
-        except (RuntimeError, ValueError):
-            self._audio_meta = None
-        self.info = self._info()
+            if self._audio_meta is None:
+                raise DecodeError(self.path, "no video or audio stream") from None
+
+    @property
+    def _audio_meta(self):
+        if not self._audio_cache:
+            try:
+                self._audio_cache.append(self._audio_decoder(self.source).metadata)
+            except (RuntimeError, ValueError):
+                self._audio_cache.append(None)
+        return self._audio_cache[0]
+
+    @property
+    def duration(self) -> float:
+        if self.video is not None:
+            meta = self.video.metadata
+            return float(meta.duration_seconds or meta.end_stream_seconds or 0.0)
+        return self.info.duration
+
+    @property
+    def info(self) -> MediaInfo:
+        if self._info_cache is None:
+            self._info_cache = self._info()
+        return self._info_cache
 
     def _info(self) -> MediaInfo:
         video = self.video.metadata if self.video is not None else None
         audio = self._audio_meta
-        if video is None and audio is None:
-            raise DecodeError(self.path, "no video or audio stream")
         duration = (video.duration_seconds or video.end_stream_seconds) if video is not None else None
         if duration is None and audio is not None:
             duration = audio.duration_seconds_from_header
@@ -297,7 +324,7 @@ class _TorchCodecMedia(Media):
             raise DecodeError(self.path, "no video stream")
         meta = self.video.metadata
         begin = meta.begin_stream_seconds or 0.0
-        end = meta.end_stream_seconds or self.info.duration
+        end = meta.end_stream_seconds or self.duration
         # The decoder refuses instants outside the stream; before it the first frame, after it the
         # last frame is what is shown. Within the tolerance an instant is at a frame (as for PyAV).
         last = max(begin, end - TIME_TOLERANCE_S)
@@ -308,10 +335,13 @@ class _TorchCodecMedia(Media):
             raise DecodeError(self.path, f"cannot decode video: {err}") from None
 
     def audio(self, start: float, count: int, rate: int) -> torch.Tensor:
-        if self._audio_meta is None:
-            raise DecodeError(self.path, "no audio stream")
         try:
             decoder = self._audio_decoder(self.source, sample_rate=rate, num_channels=1)
+        except (RuntimeError, ValueError) as err:
+            if self._audio_meta is None:
+                raise DecodeError(self.path, "no audio stream") from None
+            raise DecodeError(self.path, f"cannot decode audio: {err}") from None
+        try:
             begin = decoder.metadata.begin_stream_seconds_from_header or 0.0
             stop = start + count / rate
             if decoder.metadata.duration_seconds_from_header:

@@ -83,7 +83,7 @@ class ClipReader:
         audio = entry.audio if audio is None else audio
         out: dict = {"label": torch.tensor(entry.label, dtype=torch.int64)}
         with open_media(video, self.decoder) as media:
-            seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.info.duration)
+            seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.duration)
             if self.views is None:
                 starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s)]
             else:
