@@ -20,7 +20,7 @@ from scaling.validate import load_named_yaml as load_named_yaml  # re-exported: 
 METHODS = ("vatt", "dino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt", "none")
-DATA_SOURCES = ("synthetic", "manifest", "images")
+DATA_SOURCES = ("synthetic", "manifest", "webdataset", "images")
 DECODERS = ("torchcodec", "pyav")   # the video decoders of data.source=manifest
 ZERO_STAGES = (0, 1, 2, 3)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
@@ -31,8 +31,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig 
 class DataConfig:
     """Where clips come from and their geometry (shared by both methods, so comparisons are fair)."""
 
-    source: str = "synthetic"          # synthetic | manifest | images
-    path: str | None = None            # manifest .jsonl or image-folder root (train split)
+    source: str = "synthetic"          # synthetic | manifest | webdataset | images
+    path: str | None = None            # manifest .jsonl, shards (brace pattern or -shards.json) or image-folder root
     eval_path: str | None = None       # the held-out split for k-NN / linear probes
     num_classes: int = 10
     train_size: int = 8192             # synthetic clips in the train split
@@ -50,6 +50,7 @@ class DataConfig:
     seed: int = 0                      # the data set's own seed, fixed across runs of a study
     decoder: str = "torchcodec"        # torchcodec | pyav: the manifest's video decoder (BENCHMARKS.md)
     max_bad_fraction: float = 0.01     # a run stops when more of its clips than this fail to decode
+    shuffle_buffer: int = 1000         # webdataset: samples in each worker's seeded shuffle buffer (0/1: none)
 
     def validate(self) -> None:
         choice("data.source", self.source, DATA_SOURCES)
@@ -65,6 +66,7 @@ class DataConfig:
         number("data.difficulty", self.difficulty, minimum=0.0, maximum=1.0)
         choice("data.decoder", self.decoder, DECODERS)
         number("data.max_bad_fraction", self.max_bad_fraction, minimum=0.0, maximum=1.0)
+        integer("data.shuffle_buffer", self.shuffle_buffer, minimum=0)
         if self.frames % 4:
             raise ConfigError("data.frames", f"got {self.frames}; must be a multiple of the 4-frame voxel")
         if self.resolution % 16:
@@ -257,10 +259,10 @@ class RunConfig:
         self.vatt.validate()
         self.dino.validate()
         self.eval.validate()
-        if self.eval.views > 1 and self.data.source != "manifest":
+        if self.eval.views > 1 and self.data.source not in ("manifest", "webdataset"):
             field_ = "eval.temporal_views" if self.eval.temporal_views > 1 else "eval.spatial_views"
             raise ConfigError(field_, f"evaluation views cut windows and crops out of videos: they need "
-                                      f"data.source='manifest' (got {self.data.source!r})")
+                                      f"data.source='manifest' or 'webdataset' (got {self.data.source!r})")
         if self.data.source == "synthetic" and self.data.train_size // self.world_size < self.micro_batch:
             raise ConfigError("data.train_size", f"got {self.data.train_size}; each of the {self.world_size} "
                                                  f"ranks needs at least micro_batch={self.micro_batch} clips")

@@ -82,7 +82,7 @@ class ClipReader:
         video = entry.video if video is None else video
         audio = entry.audio if audio is None else audio
         out: dict = {"label": torch.tensor(entry.label, dtype=torch.int64)}
-        with open_media(video, self.decoder) as media:
+        with open_media(video, self.decoder, name=str(entry.video)) as media:
             seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.duration)
             if self.views is None:
                 starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s)]
@@ -95,7 +95,7 @@ class ClipReader:
                 if audio is None:
                     out["audio"] = media.audio(a_start, self.audio_samples, self.sample_rate)
                 else:
-                    with open_media(audio, self.decoder) as track:
+                    with open_media(audio, self.decoder, name=f"{entry.video} (audio)") as track:
                         out["audio"] = track.audio(a_start, self.audio_samples, self.sample_rate)
         if "text" in self.modalities:
             chosen = nearest_captions(entry.captions, starts[0], starts[0] + self.window_s, self.captions)

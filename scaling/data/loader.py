@@ -16,7 +16,7 @@ from scaling.data.files import MODALITIES, ImageFolderDataset, ManifestClips
 from scaling.data.synthetic import SyntheticClips
 from scaling.validate import ConfigError, choice, integer
 
-SOURCES = ("synthetic", "manifest", "images")
+SOURCES = ("synthetic", "manifest", "webdataset", "images")
 SPLITS = ("train", "eval")
 
 
@@ -53,12 +53,15 @@ def _dataset(data_cfg, split: str, source: str, modalities, views, require_capti
         raise ConfigError(field, f"must be set to read the {split} split from data.source={source!r}")
     if source == "images":
         return ImageFolderDataset(path, resolution=data_cfg.resolution)
-    return ManifestClips(
-        path, frames=data_cfg.frames, resolution=data_cfg.resolution, audio_samples=data_cfg.audio_samples,
-        sample_rate=data_cfg.sample_rate, fps=data_cfg.fps, captions=data_cfg.captions,
-        max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size, decoder=data_cfg.decoder,
-        modalities=modalities, seed=data_cfg.seed, views=views,
-        require_captions=require_captions)
+    reader = dict(frames=data_cfg.frames, resolution=data_cfg.resolution, audio_samples=data_cfg.audio_samples,
+                  sample_rate=data_cfg.sample_rate, fps=data_cfg.fps, captions=data_cfg.captions,
+                  max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size, decoder=data_cfg.decoder,
+                  modalities=modalities, seed=data_cfg.seed, views=views, require_captions=require_captions)
+    if source == "webdataset":
+        from scaling.data.stream import ShardClips  # webdataset is needed only here
+
+        return ShardClips(path, shuffle_buffer=data_cfg.shuffle_buffer, **reader)
+    return ManifestClips(path, **reader)
 
 
 def check_dataset(data_cfg, split: str, **options) -> None:
@@ -73,6 +76,8 @@ def check_dataset(data_cfg, split: str, **options) -> None:
         dataset = build_dataset(data_cfg, split, **options)
         if isinstance(dataset, ManifestClips):
             dataset.load(0)
+        elif isinstance(dataset, torch.utils.data.IterableDataset):
+            dataset.probe()
         else:
             dataset[0]
     except ImportError as err:  # the chosen decoder is not installed: its install hint
@@ -81,7 +86,7 @@ def check_dataset(data_cfg, split: str, **options) -> None:
         if isinstance(err, ConfigError):
             raise
         probe = " (the first entry, decoded as a probe)" if isinstance(err, DecodeError) else ""
-        line = f" at line {dataset.entries[0].line}" if isinstance(err, DecodeError) else ""
+        line = f" at line {dataset.entries[0].line}" if isinstance(err, DecodeError) and hasattr(dataset, "entries") else ""
         raise ConfigError(field, f"{err}{line}{probe}") from None
     if split == "train" and len(dataset) != data_cfg.train_size:
         # The epoch count, and with it DINO's schedules in epochs, is samples / data.train_size.
@@ -157,9 +162,16 @@ def collate_batch(batch):
 
 def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, drop_last: bool = True) -> DataLoader:
-    """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch."""
+    """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch.
+    A streaming data set (ShardClips) has no sampler: it is placed on its rank and streams for ever."""
     integer("batch_size", batch_size, minimum=1)
     integer("num_workers", num_workers, minimum=0)
+    generator = torch.Generator().manual_seed(_mix_seed(seed, rank))
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        dataset.place(rank, world_size, micro_batch=batch_size, workers=num_workers, order_seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_batch,
+                          persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=generator)
     sampler = ShardedEpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
                                   world_size=world_size, drop_last=drop_last,
                                   epoch_keys=getattr(dataset, "per_epoch_draws", False))
@@ -169,5 +181,5 @@ def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: i
         pin_memory=torch.cuda.is_available(),
         # The loader draws worker base seeds from this generator; without one it would consume the
         # global torch RNG and shift every later random draw of the run (dropout, init).
-        generator=torch.Generator().manual_seed(_mix_seed(seed, rank)),
+        generator=generator,
     )

@@ -35,9 +35,13 @@ def _eval_loader(cfg, dataset, rank: int, world: int) -> DataLoader:
     """This rank's padded shard of `dataset` in batches of EVAL_BATCH views (clips of several views
     come fewer per batch), read by `data.num_workers` worker processes into pinned memory (where
     there is a GPU to copy to)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # shards: each rank reads its own, once
+        dataset.place(rank, world, workers=cfg.data.num_workers)
+        sampler = None
+    else:
+        sampler = _shard(len(dataset), rank, world)
     return DataLoader(
-        dataset, batch_size=max(1, EVAL_BATCH // cfg.eval.views), sampler=_shard(len(dataset), rank, world),
-        collate_fn=collate_batch,
+        dataset, batch_size=max(1, EVAL_BATCH // cfg.eval.views), sampler=sampler, collate_fn=collate_batch,
         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
         # A loader draws its base seed from its generator, or else from the global torch RNG,
         # which evaluation must leave as it found it.
@@ -79,8 +83,14 @@ def embed(cfg, engine, objective, dataset) -> dict[str, torch.Tensor]:
                 parts.setdefault(k, []).append(v)
     finally:
         module.train(was_training)
+    local = {k: torch.cat(v) for k, v in parts.items()}
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        # Ranks read whole shards, so their row counts differ: pad each to the largest with repeats
+        # of its last row (dropped below, as the padding of map-style shards is).
+        rows = max(dataset.rank_samples(r) for r in range(distributed.world_size()))
+        local = {k: torch.cat([v, v[-1:].expand(rows - len(v), *v.shape[1:])]) for k, v in local.items()}
     # Equal shards: every rank gathers the same shapes, rank order.
-    local = {k: distributed.all_gather_cat(torch.cat(v)) for k, v in parts.items()}
+    local = {k: distributed.all_gather_cat(v) for k, v in local.items()}
     # Padding repeated some rows: keep each clip once, in index order.
     index = local["index"]
     order = torch.argsort(index, stable=True)

@@ -256,16 +256,21 @@ def _train_loader(cfg: RunConfig, rank: int, world: int):
     train_set = build_dataset(cfg.data, "train", **dataset_options(cfg, evaluation=False))
     loader = build_loader(train_set, cfg.micro_batch, shuffle=True, seed=cfg.seed + cfg.data.seed,
                           rank=rank, world_size=world, num_workers=cfg.data.num_workers)
-    per_epoch = len(loader.sampler) // cfg.micro_batch
+    share = len(train_set) // world if isinstance(train_set, torch.utils.data.IterableDataset) else len(loader.sampler)
+    per_epoch = share // cfg.micro_batch
     if per_epoch < 1:
-        raise ConfigError("micro_batch", f"{cfg.micro_batch} is larger than a rank's share "
-                                         f"({len(loader.sampler)}) of the train split")
+        raise ConfigError("micro_batch", f"{cfg.micro_batch} is larger than a rank's share ({share}) of the train split")
     return loader, per_epoch
 
 
 def _batches(loader, per_epoch: int, micro_batch: int, first_micro: int, bad: BadClips):
     """The loader's micro-batches without end, from micro-batch `first_micro` of the run on (each
     batch's failed clips handed to `bad`)."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):  # shards: one endless stream that
+        loader.dataset.resume_at(first_micro)                           # skips what was consumed itself
+        for batch in loader:
+            yield bad.take(batch)
+        return
     epoch, offset = divmod(first_micro, per_epoch)
     while True:
         loader.sampler.set_epoch(epoch, start=offset * micro_batch)
