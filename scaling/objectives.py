@@ -100,7 +100,7 @@ def dataset_options(cfg, *, evaluation: bool, split: str = "eval") -> dict[str, 
     train, evaluate = MODALITIES[cfg.method]
     options: dict[str, Any] = {"modalities": evaluate if evaluation else train,
                                "require_captions": cfg.method == "vatt" and cfg.vatt.vt_weight > 0}
-    if evaluation and cfg.data.source == "manifest":
+    if evaluation and cfg.data.source in ("manifest", "webdataset"):
         options["views"] = (cfg.eval.temporal_views, cfg.eval.spatial_views) if split == "eval" else (1, 1)
     return options
 

@@ -1,4 +1,5 @@
-"""One-run layer's data commands: `scaling data index DIR` and `scaling data check MANIFEST`.
+"""One-run layer's data commands: `scaling data index DIR`, `scaling data check MANIFEST` and
+`scaling data shard MANIFEST --out DIR`.
 
 Thin: parse, call scaling.data.corpus, print the counts. Importing this module loads no torch (the
 entry point imports it to list the commands); the scans import it when they start.
@@ -6,6 +7,7 @@ entry point imports it to list the commands); the scans import it when they star
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from scaling.config import DECODERS
 from scaling.data.corpus import LAYOUTS, VIDEO_EXTENSIONS
@@ -85,10 +87,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if report.bad else 0
 
 
+def cmd_shard(args: argparse.Namespace) -> int:
+    import shlex
+
+    from scaling.data.shards import parse_size, write_shards
+
+    report = write_shards(args.manifest, args.out, shard_size_bytes=parse_size(args.shard_size), prefix=args.prefix,
+                          force=args.force)
+    if report.removed:
+        print(f"replaced the prior {args.prefix!r} set in {args.out} ({len(report.removed)} file(s))")
+    print(f"sharded {report.samples} samples of {report.manifest} into {len(report.shards)} shard(s) "
+          f"({report.size}) -> {Path(args.out) / report.pattern}")
+    print(f"shard index (samples per shard) -> {report.sidecar}")
+    print(f"data.path={shlex.quote(report.data_path)}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="real video corpora: index a folder into a manifest, check that every entry decodes",
-                       description="From a folder of videos to a manifest a run can read: `index` it, then `check` it.")
-    data = p.add_subparsers(dest="data_command", required=True, metavar="{index,check}")
+                       description="From a folder of videos to a manifest a run can read: `index` it, then `check` it "
+                                   "(then, for a cluster's file system, `shard` it into tar files).")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="{index,check,shard}")
 
     p = data.add_parser(
         "index", help="write the JSONL manifest of a folder of videos (labels, durations, streams)",
@@ -125,3 +144,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder", choices=DECODERS, help="override data.decoder (default: the config's, torchcodec)")
     p.add_argument("--workers", type=int, help="processes decoding (default: every core this process may use)")
     p.set_defaults(func=cmd_check)
+
+    p = data.add_parser(
+        "shard", help="pack a manifest's files into WebDataset tar shards (video2dataset's layout) and their index",
+        description="Write DIR/PREFIX-000000.tar, ... in manifest order, each at most --shard-size (a sample larger "
+                    "than that is a shard of its own): per entry KEY.mp4 (the video's bytes, unchanged, "
+                    "whatever the container: .mkv and .webm too), KEY.json (captions, start, end, label, class, "
+                    "duration, streams, source, line), KEY.txt (the first caption), KEY.cls (the label) and "
+                    "KEY.wav/KEY.m4a/... (a separate audio file, unchanged). DIR/PREFIX-shards.json records the "
+                    "brace pattern and each shard's sample count; the last line printed is the data.path to use. "
+                    "Exit code 0; 2 when the manifest cannot be read, an entry's file is missing, DIR is not empty "
+                    "(without --force) or a value is refused: nothing is written then (the shards are moved into DIR "
+                    "only when all are complete).")
+    p.add_argument("manifest", metavar="MANIFEST", help="a JSONL manifest (e.g. the clean one `scaling data check` wrote)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder of the shards (created if missing; must be "
+                                                              "empty without --force)")
+    p.add_argument("--shard-size", default="1GB", metavar="SIZE",
+                   help="the largest shard: 500MB, 1GB (powers of 1000), 1.5GiB (of 1024) or bytes (default: 1GB)")
+    p.add_argument("--prefix", default="train", help="the shards' name: PREFIX-000000.tar (default: train)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty DIR: replaces the prior PREFIX-<digits>.tar shards and PREFIX-shards.json "
+                        "there (once the new set is complete) and leaves every other file alone, so another split "
+                        "(--prefix val) can join the same folder")
+    p.set_defaults(func=cmd_shard)

@@ -268,7 +268,7 @@ def check_paths(data_cfg) -> None:
     source = data_cfg.source
     if source == "synthetic":
         return
-    kind = "manifest" if source == "manifest" else "image folder"
+    kind = {"manifest": "manifest", "webdataset": "shard set", "images": "image folder"}[source]
     for field, split, value in (("data.path", "train", data_cfg.path), ("data.eval_path", "eval", data_cfg.eval_path)):
         if not value:
             raise ConfigError(field, f"data.source={source!r} reads the {split} split from a {kind}: set {field}")
@@ -279,6 +279,24 @@ def check_paths(data_cfg) -> None:
                                      f"or point {field} at yours)")
         if source == "images" and not path.is_dir():
             raise ConfigError(field, f"{path}: no such image folder (expected {path}/<class>/<image>)")
+        if source == "webdataset":
+            _check_shards(field, value)
+
+
+def _check_shards(field: str, value: str) -> None:
+    """The shards a webdataset path names all exist (a brace pattern, or a -shards.json sidecar)."""
+    from webdataset.shardlists import expand_urls
+
+    if value.endswith(".json"):
+        if not Path(value).is_file():
+            raise ConfigError(field, f"{value}: no such shard list (write shards with `scaling data shard MANIFEST "
+                                     "--out DIR`; it writes DIR/PREFIX-shards.json)")
+        return
+    shards = expand_urls(value)
+    missing = [s for s in shards if not Path(s).is_file()]
+    if missing:
+        raise ConfigError(field, f"{value}: {len(missing)} of {len(shards)} shards not found, first {missing[0]} "
+                                 "(write shards with `scaling data shard MANIFEST --out DIR`)")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -59,7 +59,7 @@ def test_build_dataset_manifest_passes_the_clip_geometry(tmp_path):
 @pytest.mark.parametrize("cfg, split, match", [
     (data_cfg(source="manifest", path="x.jsonl"), "eval", r"data\.eval_path"),
     (data_cfg(source="images"), "train", r"data\.path"),
-    (data_cfg(source="webdataset"), "train", r"data\.source.*synthetic.*manifest.*images"),
+    (data_cfg(source="s3"), "train", r"data\.source.*synthetic.*manifest.*webdataset.*images"),
     (data_cfg(), "validation", r"split.*train.*eval"),
 ])
 def test_build_dataset_errors_name_the_field_and_allowed_values(cfg, split, match):
