@@ -51,6 +51,9 @@ class DataConfig:
     decoder: str = "torchcodec"        # torchcodec | pyav: the manifest's video decoder (BENCHMARKS.md)
     max_bad_fraction: float = 0.01     # a run stops when more of its clips than this fail to decode
     shuffle_buffer: int = 1000         # webdataset: samples in each worker's seeded shuffle buffer (0/1: none)
+    persistent_workers: bool = True    # keep the loader's workers between epochs (and evaluations)
+    prefetch_factor: int = 2           # batches each worker prepares ahead
+    pin_memory: bool | None = None     # pinned host memory for asynchronous copies; None: when on CUDA
 
     def validate(self) -> None:
         choice("data.source", self.source, DATA_SOURCES)
@@ -67,6 +70,10 @@ class DataConfig:
         choice("data.decoder", self.decoder, DECODERS)
         number("data.max_bad_fraction", self.max_bad_fraction, minimum=0.0, maximum=1.0)
         integer("data.shuffle_buffer", self.shuffle_buffer, minimum=0)
+        flag("data.persistent_workers", self.persistent_workers)
+        integer("data.prefetch_factor", self.prefetch_factor, minimum=1)
+        if self.pin_memory is not None:
+            flag("data.pin_memory", self.pin_memory)
         if self.frames % 4:
             raise ConfigError("data.frames", f"got {self.frames}; must be a multiple of the 4-frame voxel")
         if self.resolution % 16:

@@ -53,7 +53,7 @@ def test_overrides_parse_yaml_values_into_nested_sections():
     (["zero_stage=4"], "zero_stage", "0, 1, 2, 3"),
     (["precision=fp8"], "precision", "'auto', 'fp32', 'bf16', 'fp16'"),
     (["lr_scaling=cubic"], "lr_scaling", "'linear', 'sqrt', 'none'"),
-    (["data.source=s3"], "data.source", "'synthetic', 'manifest', 'images'"),
+    (["data.source=s3"], "data.source", "'synthetic', 'manifest', 'webdataset', 'images'"),
     (["data.resolution=60"], "data.resolution", "16-pixel voxel"),
     (["data.difficulty=2"], "data.difficulty", "[0.0, 1.0]"),
     (["offload=true"], "offload", "zero_stage=3"),

@@ -160,26 +160,33 @@ def collate_batch(batch):
     return default_collate(batch)
 
 
-def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True) -> DataLoader:
-    """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch.
-    A streaming data set (ShardClips) has no sampler: it is placed on its rank and streams for ever."""
-    integer("batch_size", batch_size, minimum=1)
+def loader_options(num_workers: int, *, persistent_workers: bool = True, prefetch_factor: int = 2,
+                   pin_memory: bool | None = None) -> dict:
+    """DataLoader keyword arguments: workers kept between epochs, batches each worker prepares
+    ahead, and pinned host memory (None: when there is a GPU to copy to, so copies are asynchronous)."""
     integer("num_workers", num_workers, minimum=0)
+    options = {"num_workers": num_workers, "collate_fn": collate_batch,
+               "pin_memory": torch.cuda.is_available() if pin_memory is None else bool(pin_memory)}
+    if num_workers > 0:  # both are errors for a loader without workers
+        options.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
+    return options
+
+
+def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, drop_last: bool = True, **options) -> DataLoader:
+    """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch.
+    A streaming data set (ShardClips) has no sampler: it is placed on its rank and streams for ever.
+    `options`: loader_options' (persistent_workers, prefetch_factor, pin_memory)."""
+    integer("batch_size", batch_size, minimum=1)
+    kwargs = loader_options(num_workers, **options)
+    # The loader draws worker base seeds from this generator; without one it would consume the
+    # global torch RNG and shift every later random draw of the run (dropout, init).
     generator = torch.Generator().manual_seed(_mix_seed(seed, rank))
     if isinstance(dataset, torch.utils.data.IterableDataset):
         dataset.place(rank, world_size, micro_batch=batch_size, workers=num_workers, order_seed=seed)
-        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_batch,
-                          persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
-                          generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, generator=generator, **kwargs)
     sampler = ShardedEpochSampler(len(dataset), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
                                   world_size=world_size, drop_last=drop_last,
                                   epoch_keys=getattr(dataset, "per_epoch_draws", False))
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=num_workers,
-        collate_fn=collate_batch, persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-        # The loader draws worker base seeds from this generator; without one it would consume the
-        # global torch RNG and shift every later random draw of the run (dropout, init).
-        generator=generator,
-    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator,
+                      **kwargs)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from scaling import distributed
 from scaling.data.device import send_batch
-from scaling.data.loader import build_dataset, collate_batch
+from scaling.data.loader import build_dataset, loader_options
 from scaling.eval.knn import knn_accuracy
 from scaling.eval.linear import linear_probe_accuracy
 from scaling.objectives import dataset_options, eval_input, param_dtype, unwrap
@@ -40,12 +40,14 @@ def _eval_loader(cfg, dataset, rank: int, world: int) -> DataLoader:
         sampler = None
     else:
         sampler = _shard(len(dataset), rank, world)
+    # One pass per evaluation: its workers are not kept (a new loader is made for each evaluation).
+    options = loader_options(cfg.data.num_workers, persistent_workers=False, prefetch_factor=cfg.data.prefetch_factor,
+                             pin_memory=cfg.data.pin_memory)
     return DataLoader(
-        dataset, batch_size=max(1, EVAL_BATCH // cfg.eval.views), sampler=sampler, collate_fn=collate_batch,
-        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+        dataset, batch_size=max(1, EVAL_BATCH // cfg.eval.views), sampler=sampler,
         # A loader draws its base seed from its generator, or else from the global torch RNG,
         # which evaluation must leave as it found it.
-        generator=torch.Generator().manual_seed(cfg.seed))
+        generator=torch.Generator().manual_seed(cfg.seed), **options)
 
 
 @torch.no_grad()

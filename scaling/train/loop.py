@@ -255,7 +255,9 @@ def _train_loader(cfg: RunConfig, rank: int, world: int):
     """This rank's loader of the train split and its micro-batches per epoch."""
     train_set = build_dataset(cfg.data, "train", **dataset_options(cfg, evaluation=False))
     loader = build_loader(train_set, cfg.micro_batch, shuffle=True, seed=cfg.seed + cfg.data.seed,
-                          rank=rank, world_size=world, num_workers=cfg.data.num_workers)
+                          rank=rank, world_size=world, num_workers=cfg.data.num_workers,
+                          persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
+                          pin_memory=cfg.data.pin_memory)
     share = len(train_set) // world if isinstance(train_set, torch.utils.data.IterableDataset) else len(loader.sampler)
     per_epoch = share // cfg.micro_batch
     if per_epoch < 1:

@@ -186,3 +186,16 @@ def test_sampler_arguments_are_integers_named_in_the_error(kwargs, field):
     with pytest.raises(ConfigError) as err:
         ShardedEpochSampler(10, shuffle=False, seed=0, **kwargs)
     assert err.value.field == field
+
+
+def test_loader_settings_for_gpus_are_settable_and_left_out_without_workers():
+    from scaling.data.loader import loader_options
+
+    data = SyntheticClips("train", 16, frames=4, resolution=16, audio_samples=256, captions=2, max_words=8, vocab_size=512)
+    loader = build_loader(data, 4, shuffle=True, seed=0, num_workers=1, persistent_workers=False, prefetch_factor=5,
+                          pin_memory=False)
+    assert (loader.persistent_workers, loader.prefetch_factor, loader.pin_memory) == (False, 5, False)
+    assert build_loader(data, 4, shuffle=True, seed=0, num_workers=1).persistent_workers is True
+    # Without workers DataLoader refuses both, so they are not passed; pinning follows the GPU by default.
+    assert loader_options(0, prefetch_factor=5) == {"num_workers": 0, "collate_fn": collate_batch,
+                                                    "pin_memory": torch.cuda.is_available()}
