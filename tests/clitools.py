@@ -24,3 +24,21 @@ def run_cli(*args, timeout=600, check=True, env=None, cwd=None) -> subprocess.Co
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def kill_at_checkpoint(args, run_dir: Path, step: int, timeout: float = 300) -> None:
+    """Start `scaling *args --run-dir run_dir` in its own process group, SIGKILL the whole group as
+    soon as checkpoint `step` is complete, and check that the run left no summary (it died mid-run)."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.Popen([sys.executable, "-m", "scaling.cli", *args, "--run-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoints" / f"step_{step:08d}" / "COMPLETE.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists()

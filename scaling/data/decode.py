@@ -10,7 +10,6 @@ the requested rate, starting at the requested time, zero-padded where the track 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,11 +67,6 @@ class MediaInfo:
         audio = ({"codec": self.audio_codec, "sample_rate": self.audio_rate, "channels": self.audio_channels}
                  if self.has_audio else None)
         return {"video": video, "audio": audio}
-
-
-def available(decoder: str) -> bool:
-    module = {"torchcodec": "torchcodec", "pyav": "av"}[decoder]
-    return importlib.util.find_spec(module) is not None
 
 
 def require(decoder: str) -> None:

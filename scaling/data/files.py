@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from scaling.data import windows
-from scaling.data.decode import DECODERS, DecodeError, open_media, require
+from scaling.data.decode import DECODERS, DecodeError, open_media, require, short_side_size
 from scaling.data.manifest import ManifestEntry, nearest_captions, read_manifest
 from scaling.data.text import encode_caption
 from scaling.validate import choice, integer, number
@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 def resize_crop_box(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
     """(resized_w, resized_h, left, top): scale the short side to `resolution`, then centre-crop."""
-    scale = resolution / min(width, height)
-    resized_w, resized_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    resized_w, resized_h = short_side_size(width, height, resolution)
     return resized_w, resized_h, (resized_w - resolution) // 2, (resized_h - resolution) // 2
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data._utils.collate import default_collate
@@ -14,6 +13,7 @@ from scaling.data.corpus import check_paths
 from scaling.data.decode import DecodeError
 from scaling.data.files import MODALITIES, ImageFolderDataset, ManifestClips
 from scaling.data.synthetic import SyntheticClips
+from scaling.data.windows import mix_seed
 from scaling.validate import ConfigError, choice, integer
 
 SOURCES = ("synthetic", "manifest", "webdataset", "images")
@@ -94,13 +94,6 @@ def check_dataset(data_cfg, split: str, **options) -> None:
                                              f"clips: set data.train_size={len(dataset)} (epochs are counted with it)")
 
 
-def _mix_seed(*parts: int) -> int:
-    # Hashing (seed, epoch) rather than adding them keeps (seed=1, epoch=0) and (seed=0, epoch=1)
-    # from sharing a permutation.
-    state = np.random.SeedSequence([p % 2**63 for p in parts])
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
 class ShardedEpochSampler(Sampler[int]):
     """Rank `rank`'s disjoint share of a per-epoch permutation seeded from (seed, epoch).
 
@@ -134,7 +127,7 @@ class ShardedEpochSampler(Sampler[int]):
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.length)
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
         return torch.randperm(self.length, generator=generator)
 
     def __iter__(self) -> Iterator[int]:
@@ -181,7 +174,7 @@ def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: i
     kwargs = loader_options(num_workers, **options)
     # The loader draws worker base seeds from this generator; without one it would consume the
     # global torch RNG and shift every later random draw of the run (dropout, init).
-    generator = torch.Generator().manual_seed(_mix_seed(seed, rank))
+    generator = torch.Generator().manual_seed(mix_seed(seed, rank))
     if isinstance(dataset, torch.utils.data.IterableDataset):
         dataset.place(rank, world_size, micro_batch=batch_size, workers=num_workers, order_seed=seed)
         return DataLoader(dataset, batch_size=batch_size, generator=generator, **kwargs)

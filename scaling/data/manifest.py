@@ -47,10 +47,6 @@ class ManifestEntry:
     end: float | None = None           # None: the end of the file
     duration: float | None = None      # the file's, when the manifest records it
 
-    @property
-    def timed_captions(self) -> bool:
-        return bool(self.captions) and self.captions[0].start is not None
-
 
 def _seconds(where: str, name: str, value, *, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:

@@ -36,15 +36,11 @@ from webdataset.tariterators import tarfile_samples
 from scaling.data.decode import DecodeError
 from scaling.data.files import MAX_ATTEMPTS, ClipReader, bad_marks
 from scaling.data.manifest import ManifestError, parse_entry
+from scaling.data.windows import mix_seed
 
 AUDIO_MEMBERS = ("m4a", "wav", "mp3", "flac", "ogg", "aac")
 SIDECAR_SUFFIX = "-shards.json"
 log = logging.getLogger(__name__)
-
-
-def _seed(*parts: int) -> int:
-    state = np.random.SeedSequence([int(p) % 2**63 for p in parts])
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def shard_list(path) -> tuple[list[Path], list[int]]:
@@ -161,11 +157,11 @@ class ShardClips(ClipReader, torch.utils.data.IterableDataset):
         """(epoch, global index, raw sample) for ever: this rank's and worker's shards of each epoch."""
         slot, ways = self.rank * self.workers + worker, self.world * self.workers
         for epoch in itertools.count():
-            order = np.random.default_rng(_seed(self.order_seed, epoch)).permutation(len(self.shards))
+            order = np.random.default_rng(mix_seed(self.order_seed, epoch)).permutation(len(self.shards))
             raw = self._raw([int(s) for s in order[slot::ways]])
             if self.shuffle_buffer > 1:
                 raw = _shuffle(raw, bufsize=self.shuffle_buffer, initial=self.shuffle_buffer,
-                               seed=_seed(self.order_seed, epoch, self.rank, worker))
+                               seed=mix_seed(self.order_seed, epoch, self.rank, worker))
             for index, sample in raw:
                 yield epoch, index, sample
 

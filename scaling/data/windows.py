@@ -13,6 +13,14 @@ import numpy as np
 from scaling.data.decode import TIME_TOLERANCE_S
 
 
+def mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (a run seed, an epoch, a rank, ...)."""
+    # Hashing (seed, epoch) rather than adding them keeps (seed=1, epoch=0) and (seed=0, epoch=1)
+    # from sharing a permutation.
+    state = np.random.SeedSequence([int(p) % 2**63 for p in parts])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
 def _rng(*parts: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(p) % 2**63 for p in parts]))
 

@@ -2,14 +2,9 @@
 segments and timed captions, a corrupt file that is skipped and counted, the bad-fraction stop,
 exact resume after SIGKILL, and bad data refused before any compute."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from clitools import TINY, read_metrics, run_cli
+from clitools import TINY, kill_at_checkpoint, read_metrics, run_cli
 
 from scaling.data.encode import write_corrupt, write_video
 
@@ -100,16 +95,7 @@ def test_a_sigkilled_manifest_run_resumes_to_the_same_result(corpus, tmp_path):
     straight = tmp_path / "straight"
     run_cli(*args, "--run-dir", str(straight))
     killed = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.Popen([sys.executable, "-m", "scaling.cli", *args, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000002" / "COMPLETE.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists()
+    kill_at_checkpoint(args, killed, 2)
     run_cli("train", "--run-dir", str(killed), "--nproc", "2")
     a = json.loads((straight / "summary.json").read_text())
     b = json.loads((killed / "summary.json").read_text())

@@ -1,15 +1,12 @@
 """Exact resume after SIGKILL, damaged checkpoints, and runs stopped by a non-finite loss."""
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import torch
-from clitools import read_metrics, run_cli
+from clitools import kill_at_checkpoint, read_metrics, run_cli
 
 RESUME = ["steps=8", "checkpoint_every=2", "eval.linear_probe=true"]
 
@@ -20,16 +17,7 @@ def test_sigkilled_two_rank_run_resumes_to_the_same_result(tmp_path, tiny):
     run_cli(*args, "--run-dir", str(straight))
 
     killed = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.Popen([sys.executable, "-m", "scaling.cli", *args, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000004" / "COMPLETE.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists()
+    kill_at_checkpoint(args, killed, 4)
 
     out = run_cli("train", "--run-dir", str(killed), "--nproc", "2").stdout
     a = json.loads((straight / "summary.json").read_text())["final"]

@@ -2,14 +2,9 @@
 VATT and DINO on 2 ranks with an eval shard set, a corrupt member counted, and exact resume after
 SIGKILL on 2 ranks with a loader worker each."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from clitools import TINY, read_metrics, run_cli
+from clitools import TINY, kill_at_checkpoint, read_metrics, run_cli
 
 from scaling.data.encode import write_corrupt, write_video
 
@@ -68,15 +63,7 @@ def test_a_sigkilled_run_on_shards_resumes_to_the_same_result(shards, tmp_path):
     straight = tmp_path / "straight"
     run_cli(*train, "--run-dir", str(straight))
     killed = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.Popen([sys.executable, "-m", "scaling.cli", *train, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_00000002" / "COMPLETE.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(train, killed, 2)
     run_cli("train", "--run-dir", str(killed), "--nproc", "2")
     losses = {m["step"]: m["train/loss"] for m in read_metrics(straight) if "train/loss" in m}
     resumed = {m["step"]: m["train/loss"] for m in read_metrics(killed) if "train/loss" in m}
