@@ -54,6 +54,7 @@ class DataConfig:
     persistent_workers: bool = True    # keep the loader's workers between epochs (and evaluations)
     prefetch_factor: int = 2           # batches each worker prepares ahead
     pin_memory: bool | None = None     # pinned host memory for asynchronous copies; None: when on CUDA
+    repeats: int = 1                   # training windows cut from each decoded video (repeated sampling)
 
     def validate(self) -> None:
         choice("data.source", self.source, DATA_SOURCES)
@@ -72,6 +73,7 @@ class DataConfig:
         integer("data.shuffle_buffer", self.shuffle_buffer, minimum=0)
         flag("data.persistent_workers", self.persistent_workers)
         integer("data.prefetch_factor", self.prefetch_factor, minimum=1)
+        integer("data.repeats", self.repeats, minimum=1)
         if self.pin_memory is not None:
             flag("data.pin_memory", self.pin_memory)
         if self.frames % 4:
@@ -95,8 +97,10 @@ class VATTConfig:
     vt_weight: float = 1.0             # NCE : MIL-NCE = 1 : vt_weight
     word_dim: int = 300                # word2vec-sized embeddings
     freeze_word_embeddings: bool = True
+    mask_same_video: bool = True       # data.repeats > 1: a video's windows are not each other's negatives
 
     def validate(self) -> None:
+        flag("vatt.mask_same_video", self.mask_same_video)
         for name in ("audio_size", "text_size"):
             value = getattr(self, name)
             if value is not None:
@@ -270,6 +274,13 @@ class RunConfig:
             field_ = "eval.temporal_views" if self.eval.temporal_views > 1 else "eval.spatial_views"
             raise ConfigError(field_, f"evaluation views cut windows and crops out of videos: they need "
                                       f"data.source='manifest' or 'webdataset' (got {self.data.source!r})")
+        if self.data.repeats > 1:
+            if self.data.source not in ("manifest", "webdataset"):
+                raise ConfigError("data.repeats", f"repeated sampling cuts windows out of decoded videos: it needs "
+                                                  f"data.source='manifest' or 'webdataset' (got {self.data.source!r})")
+            if self.micro_batch % self.data.repeats:
+                raise ConfigError("data.repeats", f"got {self.data.repeats}; micro_batch={self.micro_batch} must be a "
+                                                  "multiple of it (each video's windows land in one micro-batch)")
         if self.data.source == "synthetic" and self.data.train_size // self.world_size < self.micro_batch:
             raise ConfigError("data.train_size", f"got {self.data.train_size}; each of the {self.world_size} "
                                                  f"ranks needs at least micro_batch={self.micro_batch} clips")

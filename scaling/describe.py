@@ -255,10 +255,15 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
     batch = {"global_batch": cfg.global_batch, "micro_batch": cfg.micro_batch,
              "accumulation": cfg.accumulation, "world_size": cfg.world_size,
              "formula": f"{cfg.micro_batch} x {cfg.accumulation} x {cfg.world_size} = {cfg.global_batch}"}
+    if cfg.data.repeats > 1:
+        batch["repeats"] = cfg.data.repeats
+        batch["clips_per_micro_batch"] = cfg.micro_batch // cfg.data.repeats
     if cfg.method == "vatt":
         from scaling.losses import negatives_per_positive
+        from scaling.objectives import same_video_masked
 
-        batch["negatives_per_positive"] = negatives_per_positive(cfg.micro_batch, cfg.world_size)
+        batch["negatives_per_positive"] = negatives_per_positive(cfg.micro_batch, cfg.world_size,
+                                                                 same_video_masked(cfg))
     out = {
         "method": cfg.method,
         "size": cfg.size,

@@ -9,35 +9,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling.distributed import all_reduce_, gather_with_grad
+from scaling.distributed import all_gather_cat, all_reduce_, gather_with_grad
 
 
-def nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def same_group(groups: torch.Tensor | None) -> torch.Tensor | None:
+    """(N, N) bool over the global batch: pairs of *different* rows with the same group id (windows
+    of one video, under repeated sampling), which are then left out of each other's negatives. None
+    (no groups): every other row is a negative."""
+    if groups is None:
+        return None
+    g = all_gather_cat(groups.reshape(-1))
+    mask = g[:, None] == g[None, :]
+    return mask & ~torch.eye(len(g), dtype=torch.bool, device=mask.device)
+
+
+def nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
+             groups: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of x and y (B, D), L2-normalised.
 
     Negatives are every other row of the global batch: rows are all-gathered across ranks with
     gradient to the local part. Equals the mean of the cross-entropy of the similarity matrix
-    (positives on the diagonal) over rows and over columns.
+    (positives on the diagonal) over rows and over columns. `groups` (B,): rows sharing an id are
+    not each other's negatives (their logits are -inf in both directions).
     """
     x = gather_with_grad(F.normalize(x, dim=-1))
     y = gather_with_grad(F.normalize(y, dim=-1))
     logits = x @ y.t() / temperature
+    masked = same_group(groups)
+    if masked is not None:
+        logits = logits.masked_fill(masked, float("-inf"))
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
+                 groups: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric MIL-NCE: x (B, D) against a bag of K positives y (B, K, D), L2-normalised.
 
     x -> y: -log( sum_k e^{s(x_i, y_ik)} / sum_{j,k} e^{s(x_i, y_jk)} ).
     y -> x: for each bag, -log( sum_k e^{s(y_ik, x_i)} / sum_k sum_j e^{s(y_ik, x_j)} ).
-    With K = 1 both reduce to the two directions of `nce_loss`.
+    With K = 1 both reduce to the two directions of `nce_loss`. `groups` (B,): j with the same id as
+    i (j != i) leaves both sums, as in `nce_loss`.
     """
     k = y.shape[1]
     x = gather_with_grad(F.normalize(x, dim=-1))
     y = gather_with_grad(F.normalize(y, dim=-1))
     n = x.shape[0]
     sim = torch.einsum("id,jkd->ijk", x, y) / temperature        # (N, N, K)
+    masked = same_group(groups)
+    if masked is not None:
+        sim = sim.masked_fill(masked[:, :, None], float("-inf"))
     # The diagonal as a view: boolean-mask indexing would read the mask's count back to the host.
     positives = torch.diagonal(sim, dim1=0, dim2=1).t()            # (N, K)
     x_to_y = torch.logsumexp(sim.reshape(n, n * k), dim=1) - torch.logsumexp(positives, dim=1)
@@ -46,13 +67,14 @@ def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07) ->
     return 0.5 * (x_to_y.mean() + y_to_x.mean())
 
 
-def negatives_per_positive(micro_batch: int, world: int) -> int:
+def negatives_per_positive(micro_batch: int, world: int, same_video: int = 0) -> int:
     """In-batch negatives each positive pair is contrasted with (per direction).
 
     Negatives come from one forward pass across ranks, so under gradient accumulation they are
-    micro_batch x world - 1, not the optimizer batch.
+    micro_batch x world - 1, not the optimizer batch; `same_video` other windows of the positive's
+    own video (repeated sampling, masked out) are not among them.
     """
-    return micro_batch * world - 1
+    return micro_batch * world - 1 - same_video
 
 
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -100,9 +100,17 @@ def dataset_options(cfg, *, evaluation: bool, split: str = "eval") -> dict[str, 
     train, evaluate = MODALITIES[cfg.method]
     options: dict[str, Any] = {"modalities": evaluate if evaluation else train,
                                "require_captions": cfg.method == "vatt" and cfg.vatt.vt_weight > 0}
+    if not evaluation and cfg.data.repeats > 1:
+        options["repeats"] = cfg.data.repeats
     if evaluation and cfg.data.source in ("manifest", "webdataset"):
         options["views"] = (cfg.eval.temporal_views, cfg.eval.spatial_views) if split == "eval" else (1, 1)
     return options
+
+
+def same_video_masked(cfg) -> int:
+    """Other windows of a positive's own video left out of its negatives: data.repeats - 1 with
+    vatt.mask_same_video (the default), else 0 (they stay in as negatives)."""
+    return cfg.data.repeats - 1 if cfg.vatt.mask_same_video else 0
 
 
 class VATTObjective:
@@ -110,7 +118,7 @@ class VATTObjective:
 
     def __init__(self, cfg, world_size: int = 1):
         self.cfg = cfg
-        self.negatives_per_positive = negatives_per_positive(cfg.micro_batch, world_size)
+        self.negatives_per_positive = negatives_per_positive(cfg.micro_batch, world_size, same_video_masked(cfg))
         # VATT's video augmentation: random resized crop and colour jitter; no blur/solarise. No
         # horizontal flip: it would mirror the motion direction that the audio and captions name.
         r = cfg.data.resolution
@@ -128,11 +136,15 @@ class VATTObjective:
         out = model(video, send(batch["audio"], device).to(dtype), send(batch["text"], device))
         out = {k: v.float() for k, v in out.items()}
         t = self.cfg.vatt.temperature
-        nce = nce_loss(out["video_va"], out["audio_va"], t)
-        mil = mil_nce_loss(out["video_vt"], out["text_vt"], t)
+        # Repeated sampling puts a video's windows in one micro-batch; masked, they are not negatives.
+        groups = send(batch["index"], device) if same_video_masked(self.cfg) else None
+        nce = nce_loss(out["video_va"], out["audio_va"], t, groups)
+        mil = mil_nce_loss(out["video_vt"], out["text_vt"], t, groups)
         loss = nce + self.cfg.vatt.vt_weight * mil
         with torch.no_grad():
             sim = nn.functional.normalize(out["video_va"], dim=-1) @ nn.functional.normalize(out["audio_va"], dim=-1).t()
+            if groups is not None:  # retrieval among other videos' audio, as the loss contrasts them
+                sim = sim.masked_fill((groups[:, None] == groups[None, :]).fill_diagonal_(False), float("-inf"))
             target = torch.arange(sim.shape[0], device=sim.device)
             retrieval = (sim.argmax(dim=1) == target).float().mean() * 100
         return loss, {"loss": loss.detach(), "loss_nce": nce.detach(), "loss_mil_nce": mil.detach(),

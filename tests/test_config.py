@@ -169,6 +169,10 @@ def test_yaml_value_reads_back_as_the_same_value(value):
     (["zero_stage=true"], "zero_stage"),                      # True == 1, but not a ZeRO stage
     (["dino.global_scale=0.5"], "dino.global_scale"),         # not a pair
     (["dino.local_scale=[0.1, true]"], "dino.local_scale"),
+    (["vatt.mask_same_video=1"], "vatt.mask_same_video"),
+    (["data.repeats=0"], "data.repeats"),
+    (["data.repeats=2"], "data.repeats"),                     # synthetic clips: nothing decoded to repeat
+    (["data.repeats=3", "data.source=manifest", "data.path=m.jsonl", "micro_batch=4"], "data.repeats"),
 ])
 def test_bools_and_non_finite_values_fail_naming_the_field(overrides, field):
     with pytest.raises(ConfigError) as err:

@@ -7,6 +7,8 @@ from scaling.distributed import SyncBatchNorm1d
 from scaling.losses import DINOLoss, mil_nce_loss, nce_loss
 
 WORLD = 2
+# Windows of one video (repeated sampling) share an id; these pairs straddle the two ranks.
+GROUPS = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
 
 
 def _data(seed=0):
@@ -21,6 +23,9 @@ def _worker(rank, init_file, out_file):
     xl, yl, ykl = (t[sl].clone().requires_grad_() for t in (x, y, yk))
     loss = nce_loss(xl, yl) + mil_nce_loss(xl, ykl)
     loss.backward()
+    xm, ym, ykm = (t[sl].clone().requires_grad_() for t in (x, y, yk))
+    masked = nce_loss(xm, ym, groups=GROUPS[sl]) + mil_nce_loss(xm, ykm, groups=GROUPS[sl])
+    masked.backward()
     bn = SyncBatchNorm1d(6)
     z = x[sl].clone().requires_grad_()
     out = bn(z)
@@ -29,6 +34,7 @@ def _worker(rank, init_file, out_file):
     dino(torch.randn(4, 6), y[sl], 0)
     dino.update_center()
     result = {"loss": loss.item(), "gx": xl.grad, "gy": yl.grad, "gyk": ykl.grad, "bn": out.detach(),
+              "masked": masked.item(), "gx_masked": xm.grad, "gy_masked": ym.grad, "gyk_masked": ykm.grad,
               "bn_grad": z.grad, "running_mean": bn.running_mean, "center": dino.center}
     torch.save(result, f"{out_file}.{rank}")
     dist.destroy_process_group()
@@ -39,6 +45,9 @@ def test_gathered_losses_and_sync_bn_on_two_ranks_equal_the_full_batch(tmp_path)
     x, y, yk = (t.clone().requires_grad_() for t in _data())
     loss = nce_loss(x, y) + mil_nce_loss(x, yk)
     loss.backward()
+    xm, ym, ykm = (t.clone().requires_grad_() for t in _data())
+    masked = nce_loss(xm, ym, groups=GROUPS) + mil_nce_loss(xm, ykm, groups=GROUPS)
+    masked.backward()
     bn = torch.nn.BatchNorm1d(6)
     z = _data()[0].clone().requires_grad_()
     out = bn(z)
@@ -53,6 +62,10 @@ def test_gathered_losses_and_sync_bn_on_two_ranks_equal_the_full_batch(tmp_path)
         torch.testing.assert_close(r["gx"] / WORLD, x.grad[sl])
         torch.testing.assert_close(r["gy"] / WORLD, y.grad[sl])
         torch.testing.assert_close(r["gyk"] / WORLD, yk.grad[sl])
+        # The same with same-video pairs masked: the group ids are gathered with the embeddings.
+        assert abs(r["masked"] - masked.item()) < 1e-5 and abs(masked.item() - loss.item()) > 1e-4
+        for key, leaf in (("gx_masked", xm), ("gy_masked", ym), ("gyk_masked", ykm)):
+            torch.testing.assert_close(r[key] / WORLD, leaf.grad[sl])
         torch.testing.assert_close(r["bn"], out[sl].detach(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r["bn_grad"], z.grad[sl], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r["running_mean"], bn.running_mean)

@@ -89,6 +89,28 @@ def test_mil_nce_matches_its_definition_with_several_positives():
 
 def test_negatives_are_the_micro_batch_across_ranks_not_the_optimizer_batch():
     assert negatives_per_positive(micro_batch=32, world=4) == 127
+    assert negatives_per_positive(micro_batch=32, world=4, same_video=3) == 124  # 4 windows per video, masked
+
+
+def test_windows_of_one_video_are_left_out_of_each_others_negatives():
+    b, k, t = 4, 2, 0.1
+    groups = torch.tensor([7, 7, 3, 3])  # two videos, two windows each
+    x, y = F.normalize(_normed(b, 5), dim=-1), F.normalize(_normed(b, 5, seed=1), dim=-1)
+    yk = F.normalize(_normed(b, k, 5, seed=4), dim=-1)
+    kept = lambda i: [j for j in range(b) if j == i or groups[j] != groups[i]]  # noqa: E731
+    s = lambda i, j: math.exp(float(x[i] @ y[j]) / t)  # noqa: E731
+    nce = 0.5 * (sum(-math.log(s(i, i) / sum(s(i, j) for j in kept(i))) for i in range(b))
+                 + sum(-math.log(s(i, i) / sum(s(j, i) for j in kept(i))) for i in range(b))) / b
+    assert nce_loss(x, y, t, groups).item() == pytest.approx(nce, rel=1e-5)
+    m = lambda i, j, kk: math.exp(float(x[i] @ yk[j, kk]) / t)  # noqa: E731
+    pos = lambda i: sum(m(i, i, kk) for kk in range(k))  # noqa: E731
+    mil = 0.5 * (sum(-math.log(pos(i) / sum(m(i, j, kk) for j in kept(i) for kk in range(k))) for i in range(b))
+                 + sum(-math.log(pos(i) / sum(m(j, i, kk) for j in kept(i) for kk in range(k))) for i in range(b))) / b
+    assert mil_nce_loss(x, yk, t, groups).item() == pytest.approx(mil, rel=1e-5)
+    # Distinct ids mask nothing; and masking changes the loss here.
+    torch.testing.assert_close(nce_loss(x, y, t, torch.arange(b)), nce_loss(x, y, t))
+    torch.testing.assert_close(mil_nce_loss(x, yk, t, torch.arange(b)), mil_nce_loss(x, yk, t))
+    assert abs(nce_loss(x, y, t, groups).item() - nce_loss(x, y, t).item()) > 1e-3
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_end_value():

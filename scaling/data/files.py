@@ -21,6 +21,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 MODALITIES = ("video", "audio", "text")
 # A clip that fails is replaced by another; a sample gives up after this many failures in a row.
 MAX_ATTEMPTS = 8
+# Windows of one video less than this far apart are decoded in one pass, not with a seek each:
+# typical keyframe intervals are 2-10 s, so a seek lands on average a few seconds before its window.
+RUN_GAP_S = 4.0
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +42,14 @@ class ClipReader:
     windows evenly spaced over the segment, each cut at `spatial` crops along the long side; the
     video is then (views, 3, T, R, R), or (3, T, R, R) for a single view. Audio is the window
     centred on the video's, so the two are synchronous; timed captions are the ones nearest the window.
+    Repeated sampling (`repeats` K > 1, training): K independent windows (draws 0..K-1) of the one
+    opened video, each with its own audio and captions, as a leading dimension of every tensor; the
+    loader's collation makes them K consecutive samples of one micro-batch.
     """
 
     def __init__(self, *, frames=8, resolution=64, audio_samples=4096, sample_rate=16000, fps=10.0, captions=4,
                  max_words=16, vocab_size=65536, decoder="torchcodec", modalities=MODALITIES, seed=0, views=None,
-                 require_captions=True):
+                 require_captions=True, repeats=1):
         for name, value in (("frames", frames), ("resolution", resolution), ("audio_samples", audio_samples),
                             ("sample_rate", sample_rate), ("captions", captions)):
             integer(name, value, minimum=1)
@@ -58,6 +64,9 @@ class ClipReader:
         if views is not None:
             views = (integer("temporal_views", views[0], minimum=1), integer("spatial_views", views[1], minimum=1))
         self.views = views
+        self.repeats = integer("repeats", repeats, minimum=1)
+        if views is not None and repeats > 1:
+            raise ValueError("repeated sampling is for training windows; evaluation views come one set per video")
         self.require_captions = require_captions
         encode_caption("", max_words, vocab_size)  # fail now, not in a worker, on bad text settings
 
@@ -76,43 +85,80 @@ class ClipReader:
 
     def decode(self, entry: ManifestEntry, epoch: int, index: int, video=None, audio=None) -> dict:
         """The sample of `entry` (drawn for `epoch` and `index`), from `video` and `audio` (paths or
-        bytes; by default the entry's files). DecodeError if any of them fails."""
+        bytes; by default the entry's files). DecodeError if any of them fails. With `repeats` K > 1
+        (training) every tensor has a leading dimension of K windows, all from this one decode."""
         require(self.decoder)
         video = entry.video if video is None else video
         audio = entry.audio if audio is None else audio
-        out: dict = {"label": torch.tensor(entry.label, dtype=torch.int64)}
         with open_media(video, self.decoder, name=str(entry.video)) as media:
             seg_start, seg_end = windows.segment_bounds(entry.start, entry.end, entry.duration or media.duration)
             if self.views is None:
-                starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s)]
+                starts = [windows.train_start(self.seed, epoch, index, seg_start, seg_end, self.window_s, draw)
+                          for draw in range(self.repeats)]
             else:
                 starts = windows.view_starts(self.views[0], seg_start, seg_end, self.window_s)
+            drawn = starts if self.views is None else starts[:1]  # audio and captions: of the training windows
+            out: dict = {"label": self._stacked([torch.tensor(entry.label, dtype=torch.int64)] * len(drawn))}
             if "video" in self.modalities:
                 out["video"] = self._video(media, starts, seg_start, seg_end)
             if "audio" in self.modalities:
-                a_start = windows.audio_start(starts[0], self.window_s, self.audio_samples / self.sample_rate, seg_start)
                 if audio is None:
-                    out["audio"] = media.audio(a_start, self.audio_samples, self.sample_rate)
+                    out["audio"] = self._audio(media, drawn, seg_start)
                 else:
                     with open_media(audio, self.decoder, name=f"{entry.video} (audio)") as track:
-                        out["audio"] = track.audio(a_start, self.audio_samples, self.sample_rate)
+                        out["audio"] = self._audio(track, drawn, seg_start)
         if "text" in self.modalities:
-            chosen = nearest_captions(entry.captions, starts[0], starts[0] + self.window_s, self.captions)
-            out["text"] = torch.stack([encode_caption(c, self.max_words, self.vocab_size) for c in chosen])
+            out["text"] = self._stacked([
+                torch.stack([encode_caption(c, self.max_words, self.vocab_size)
+                             for c in nearest_captions(entry.captions, s, s + self.window_s, self.captions)])
+                for s in drawn])
         return out
 
+    def mark(self, sample: dict, index: int, bad: list[int]) -> dict:
+        """A decoded sample's identity (the drawn index, once per window) and the clips that failed before it."""
+        sample["index"] = index if self.repeats == 1 or self.views is not None else torch.full((self.repeats,), index)
+        sample["bad"] = bad_marks(bad)
+        return sample
+
+    @staticmethod
+    def _stacked(items: list[torch.Tensor]) -> torch.Tensor:
+        return items[0] if len(items) == 1 else torch.stack(items)
+
     def _video(self, media, starts: list[float], seg_start: float, seg_end: float) -> torch.Tensor:
-        """(3, T, R, R) uint8, or (views, 3, T, R, R) in evaluation with more than one view. Pixels
+        """(3, T, R, R) uint8, or (windows, 3, T, R, R) for several (evaluation views, repeated
+        sampling). Windows close together are decoded in one pass (`windows.decode_runs`). Pixels
         stay uint8 until they are on the device (a quarter of fp32's bytes through the loader and PCIe)."""
-        r, views = self.resolution, []
+        r = self.resolution
         spatial = 1 if self.views is None else self.views[1]
-        for start in starts:
-            frames = media.frames(windows.frame_times(start, self.frames, self.fps, seg_start, seg_end), r)
+        times = [windows.frame_times(s, self.frames, self.fps, seg_start, seg_end) for s in starts]
+        clips: list = [None] * len(starts)
+        for run in windows.decode_runs(starts, self.window_s, RUN_GAP_S):
+            instants = sorted({t for i in run for t in times[i]})
+            decoded = media.frames(instants, r)
+            position = {t: k for k, t in enumerate(instants)}
+            for i in run:
+                clips[i] = decoded[[position[t] for t in times[i]]]
+        views = []
+        for frames in clips:
             height, width = frames.shape[-2:]
             for offset in windows.spatial_offsets(spatial, max(height, width), r):
                 top, left = (offset, (width - r) // 2) if height > width else ((height - r) // 2, offset)
                 views.append(frames[:, :, top:top + r, left:left + r].permute(1, 0, 2, 3).contiguous())
-        return views[0] if len(views) == 1 else torch.stack(views)
+        return self._stacked(views)
+
+    def _audio(self, track, starts: list[float], seg_start: float) -> torch.Tensor:
+        """(samples,), or (windows, samples): the audio centred on each video window, the windows of a
+        run decoded as one span and cut on the target rate's sample grid."""
+        n, rate = self.audio_samples, self.sample_rate
+        a_starts = [windows.audio_start(s, self.window_s, n / rate, seg_start) for s in starts]
+        out: list = [None] * len(starts)
+        for run in windows.decode_runs(a_starts, n / rate, RUN_GAP_S):
+            first = a_starts[run[0]]
+            offsets = {i: round((a_starts[i] - first) * rate) for i in run}
+            span = track.audio(first, max(offsets.values()) + n, rate)
+            for i in run:
+                out[i] = span[offsets[i]:offsets[i] + n]
+        return self._stacked(out)
 
 
 def bad_marks(bad: list[int]) -> torch.Tensor:
@@ -160,9 +206,7 @@ class ManifestClips(ClipReader, torch.utils.data.Dataset):
                     raise DecodeError(self.manifest_path, f"{len(bad)} clips in a row failed to decode: "
                                       + "; ".join(errors)) from None
                 clip = windows.replacement(self.seed, epoch, index, len(bad), len(self))
-        sample["index"] = index  # the sample's identity stays the drawn one (evaluation dedupes on it)
-        sample["bad"] = bad_marks(bad)
-        return sample
+        return self.mark(sample, index, bad)  # its identity stays the drawn one (evaluation dedupes on it)
 
     def load(self, index: int, epoch: int = 0) -> dict:
         """Clip `index` decoded (no replacement): DecodeError if any of its files fails."""

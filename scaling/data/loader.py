@@ -3,6 +3,7 @@ Owns build_dataset, build_loader, the per-epoch sharded sampler and batch collat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -21,16 +22,16 @@ SPLITS = ("train", "eval")
 
 
 def build_dataset(data_cfg, split: str, *, modalities=MODALITIES, views=None,
-                  require_captions: bool = True) -> torch.utils.data.Dataset:
+                  require_captions: bool = True, repeats: int = 1) -> torch.utils.data.Dataset:
     """The `split` data set that `data_cfg` (a DataConfig-like object, read by attribute) describes.
 
     A manifest decodes only `modalities`; `views=(temporal, spatial)` gives each clip's evaluation
     views instead of a random training window; `require_captions` refuses entries without captions
-    (see ManifestClips)."""
+    (see ManifestClips); `repeats` cuts that many training windows from each decoded video."""
     choice("split", split, SPLITS)
     source = choice("data.source", data_cfg.source, SOURCES)
     try:
-        return _dataset(data_cfg, split, source, modalities, views, require_captions)
+        return _dataset(data_cfg, split, source, modalities, views, require_captions, repeats)
     except ConfigError as err:  # a constructor argument: name it by its DataConfig field
         if err.field == "size":
             raise ConfigError(f"data.{split}_size", err.message) from None
@@ -39,7 +40,10 @@ def build_dataset(data_cfg, split: str, *, modalities=MODALITIES, views=None,
         raise
 
 
-def _dataset(data_cfg, split: str, source: str, modalities, views, require_captions) -> torch.utils.data.Dataset:
+def _dataset(data_cfg, split: str, source: str, modalities, views, require_captions,
+             repeats: int) -> torch.utils.data.Dataset:
+    if repeats > 1 and source not in ("manifest", "webdataset"):
+        raise ConfigError("data.repeats", f"repeated sampling needs decoded videos, not data.source={source!r}")
     if source == "synthetic":
         return SyntheticClips(
             split, data_cfg.train_size if split == "train" else data_cfg.eval_size,
@@ -56,7 +60,8 @@ def _dataset(data_cfg, split: str, source: str, modalities, views, require_capti
     reader = dict(frames=data_cfg.frames, resolution=data_cfg.resolution, audio_samples=data_cfg.audio_samples,
                   sample_rate=data_cfg.sample_rate, fps=data_cfg.fps, captions=data_cfg.captions,
                   max_words=data_cfg.max_words, vocab_size=data_cfg.vocab_size, decoder=data_cfg.decoder,
-                  modalities=modalities, seed=data_cfg.seed, views=views, require_captions=require_captions)
+                  modalities=modalities, seed=data_cfg.seed, views=views, require_captions=require_captions,
+                  repeats=repeats)
     if source == "webdataset":
         from scaling.data.stream import ShardClips  # webdataset is needed only here
 
@@ -146,11 +151,16 @@ class ShardedEpochSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
-def collate_batch(batch):
-    """A dict from a data set's __getitems__ is already a batch; a list of samples is stacked."""
+def collate_batch(batch, repeats: int = 1):
+    """A dict from a data set's __getitems__ is already a batch; a list of samples is stacked. With
+    repeated sampling each sample holds `repeats` windows: (videos, K, ...) becomes (videos x K, ...),
+    a video's windows consecutive; "bad" stays one row per video (its clips failed once)."""
     if isinstance(batch, Mapping):
         return batch
-    return default_collate(batch)
+    out = default_collate(batch)
+    if repeats > 1:
+        out = {k: v if k == "bad" else v.flatten(0, 1) for k, v in out.items()}
+    return out
 
 
 def loader_options(num_workers: int, *, persistent_workers: bool = True, prefetch_factor: int = 2,
@@ -167,11 +177,15 @@ def loader_options(num_workers: int, *, persistent_workers: bool = True, prefetc
 
 def build_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, drop_last: bool = True, **options) -> DataLoader:
-    """A DataLoader over this rank's shard; call `loader.sampler.set_epoch(e)` before each epoch.
+    """A DataLoader over this rank's shard, of `batch_size` clips (videos: with repeated sampling a
+    batch holds batch_size x repeats windows); call `loader.sampler.set_epoch(e)` before each epoch.
     A streaming data set (ShardClips) has no sampler: it is placed on its rank and streams for ever.
     `options`: loader_options' (persistent_workers, prefetch_factor, pin_memory)."""
     integer("batch_size", batch_size, minimum=1)
     kwargs = loader_options(num_workers, **options)
+    repeats = getattr(dataset, "repeats", 1)
+    if repeats > 1:  # batch_size counts videos; each brings `repeats` windows
+        kwargs["collate_fn"] = functools.partial(collate_batch, repeats=repeats)
     # The loader draws worker base seeds from this generator; without one it would consume the
     # global torch RNG and shift every later random draw of the run (dropout, init).
     generator = torch.Generator().manual_seed(mix_seed(seed, rank))

@@ -34,7 +34,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
 
 from scaling.data.decode import DecodeError
-from scaling.data.files import MAX_ATTEMPTS, ClipReader, bad_marks
+from scaling.data.files import MAX_ATTEMPTS, ClipReader
 from scaling.data.manifest import ManifestError, parse_entry
 from scaling.data.windows import mix_seed
 
@@ -195,10 +195,8 @@ class ShardClips(ClipReader, torch.utils.data.IterableDataset):
                 continue
             bad = [i for _, i in pending]
             for _, i, out in decoded:
-                out["index"] = i
-                out["bad"] = bad_marks(bad)
+                yield self.mark(out, i, bad)
                 bad = []
-                yield out
             pending = []
 
     def _evaluation(self, worker: int, workers: int) -> Iterator[dict]:

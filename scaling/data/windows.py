@@ -31,10 +31,13 @@ def segment_bounds(start: float, end: float | None, duration: float) -> tuple[fl
     return start, max(stop, start)
 
 
-def train_start(seed: int, epoch: int, index: int, seg_start: float, seg_end: float, window_s: float) -> float:
-    """A uniformly random window start inside the segment (its start, when the window is longer)."""
+def train_start(seed: int, epoch: int, index: int, seg_start: float, seg_end: float, window_s: float,
+                draw: int = 0) -> float:
+    """A uniformly random window start inside the segment (its start, when the window is longer);
+    `draw` numbers the independent windows repeated sampling cuts from one video (0: the only one)."""
     slack = max(0.0, seg_end - seg_start - window_s)
-    return seg_start + float(_rng(seed, epoch, index).random()) * slack
+    rng = _rng(seed, epoch, index) if draw == 0 else _rng(seed, epoch, index, draw, 2)
+    return seg_start + float(rng.random()) * slack
 
 
 def view_starts(views: int, seg_start: float, seg_end: float, window_s: float) -> list[float]:
@@ -54,6 +57,21 @@ def frame_times(start: float, frames: int, fps: float, seg_start: float, seg_end
 def audio_start(video_start: float, window_s: float, audio_s: float, seg_start: float) -> float:
     """The audio window centred on the video window, so the two are synchronous (VATT's positives)."""
     return max(seg_start, video_start + (window_s - audio_s) / 2)
+
+
+def decode_runs(starts: list[float], span_s: float, gap_s: float) -> list[list[int]]:
+    """The windows of one video (their `starts`, each `span_s` long) grouped into runs that one seek
+    and one forward decode serve: sorted by start, a window joins the run before it when it begins at
+    most `gap_s` after that run's end (decoding through a short gap costs less than a new seek back to
+    a keyframe). Each run lists window positions in `starts`, in time order."""
+    runs: list[list[int]] = []
+    end = float("-inf")
+    for i in sorted(range(len(starts)), key=starts.__getitem__):
+        if not runs or starts[i] - end > gap_s:
+            runs.append([])
+        runs[-1].append(i)
+        end = max(end, starts[i] + span_s)
+    return runs
 
 
 def spatial_offsets(views: int, long_side: int, crop: int) -> list[int]:

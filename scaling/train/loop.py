@@ -225,11 +225,11 @@ def _set_up(cfg: RunConfig, run_dir: Path, rank: int, world: int, deadline: floa
     checkpoints = Checkpoints(run_dir / CHECKPOINTS, keep=2)
     start_step, client, resumed = _resume(checkpoints, engine, objective, run_dir, rank)
     logger = rd.MetricsLog(run_dir, start_step if resumed else None) if rank == 0 else None
-    loader, per_epoch = _train_loader(cfg, rank, world)
+    loader, per_epoch, clips = _train_loader(cfg, rank, world)
     bad = BadClips(loader.dataset, cfg.data.max_bad_fraction, client.get("bad_clips", ()))
     info = describe(cfg, device_kind())
     meter = _throughput(cfg, info, world)
-    stream = Prefetcher(_batches(loader, per_epoch, cfg.micro_batch, start_step * cfg.accumulation, bad),
+    stream = Prefetcher(_batches(loader, per_epoch, clips, start_step * cfg.accumulation, bad),
                         engine.device)
     return _Run(cfg=cfg, run_dir=run_dir, rank=rank, deadline=deadline, on_eval=on_eval, generator=generator,
                 engine=engine, objective=objective, schedules=schedules, checkpoints=checkpoints,
@@ -252,22 +252,25 @@ def _resume(checkpoints: Checkpoints, engine, objective, run_dir: Path, rank: in
 
 
 def _train_loader(cfg: RunConfig, rank: int, world: int):
-    """This rank's loader of the train split and its micro-batches per epoch."""
+    """This rank's loader of the train split, its micro-batches per pass over the split and the
+    clips each micro-batch decodes (micro_batch / data.repeats: each clip gives `repeats` windows)."""
     train_set = build_dataset(cfg.data, "train", **dataset_options(cfg, evaluation=False))
-    loader = build_loader(train_set, cfg.micro_batch, shuffle=True, seed=cfg.seed + cfg.data.seed,
+    clips = cfg.micro_batch // cfg.data.repeats
+    loader = build_loader(train_set, clips, shuffle=True, seed=cfg.seed + cfg.data.seed,
                           rank=rank, world_size=world, num_workers=cfg.data.num_workers,
                           persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor,
                           pin_memory=cfg.data.pin_memory)
     share = len(train_set) // world if isinstance(train_set, torch.utils.data.IterableDataset) else len(loader.sampler)
-    per_epoch = share // cfg.micro_batch
+    per_epoch = share // clips
     if per_epoch < 1:
-        raise ConfigError("micro_batch", f"{cfg.micro_batch} is larger than a rank's share ({share}) of the train split")
-    return loader, per_epoch
+        raise ConfigError("micro_batch", f"{cfg.micro_batch} is larger than a rank's share ({share}) of the train split"
+                          + (f" x data.repeats={cfg.data.repeats}" if cfg.data.repeats > 1 else ""))
+    return loader, per_epoch, clips
 
 
-def _batches(loader, per_epoch: int, micro_batch: int, first_micro: int, bad: BadClips):
-    """The loader's micro-batches without end, from micro-batch `first_micro` of the run on (each
-    batch's failed clips handed to `bad`)."""
+def _batches(loader, per_epoch: int, clips: int, first_micro: int, bad: BadClips):
+    """The loader's micro-batches (of `clips` clips each) without end, from micro-batch `first_micro`
+    of the run on (each batch's failed clips handed to `bad`)."""
     if isinstance(loader.dataset, torch.utils.data.IterableDataset):  # shards: one endless stream that
         loader.dataset.resume_at(first_micro)                           # skips what was consumed itself
         for batch in loader:
@@ -275,7 +278,7 @@ def _batches(loader, per_epoch: int, micro_batch: int, first_micro: int, bad: Ba
         return
     epoch, offset = divmod(first_micro, per_epoch)
     while True:
-        loader.sampler.set_epoch(epoch, start=offset * micro_batch)
+        loader.sampler.set_epoch(epoch, start=offset * clips)
         for batch in loader:
             yield bad.take(batch)
         epoch, offset = epoch + 1, 0

@@ -171,3 +171,50 @@ def test_a_decoder_that_is_not_installed_is_refused_with_its_install_hint(corpus
     with pytest.raises(ConfigError, match=r"apt-get install ffmpeg") as err:
         check_dataset(cfg, "train")
     assert err.value.field == "data.decoder"
+
+
+def test_windows_close_together_share_one_decoding_pass():
+    # 0.0-3.2 and 3.0-6.2 overlap, 10.0 starts 3.8 s after 6.2: one run; 30.0 is a seek of its own.
+    assert windows.decode_runs([10.0, 0.0, 3.0, 30.0], 3.2, 4.0) == [[1, 2, 0], [3]]
+    assert windows.decode_runs([5.0], 3.2, 4.0) == [[0]]
+
+
+def test_repeated_sampling_cuts_k_windows_from_one_decode_each_as_its_own_draw(corpus, decoder):
+    captions = [{"text": f"second {s}", "start": s, "end": s + 1.0} for s in range(20, 50)]
+    path = manifest(corpus, [{"video": "long.mp4", "start": 20.0, "end": 50.0, "captions": captions}],
+                    f"rep_{decoder}.jsonl")
+    geometry = dict(frames=8, fps=FPS, resolution=32, audio_samples=3200, sample_rate=16000, captions=1,
+                    decoder=decoder, max_words=4, vocab_size=1000)
+    one, sample = ManifestClips(path, **geometry)[(2, 0)], ManifestClips(path, repeats=3, **geometry)[(2, 0)]
+    assert sample["video"].shape == (3, 3, 8, 32, 32) and sample["audio"].shape == (3, 3200)
+    assert sample["text"].shape == (3, 1, 4) and sample["label"].shape == (3,) and sample["index"].tolist() == [0, 0, 0]
+    # Draw 0 is the window a single-window reader cuts: the same frames and captions, and the audio
+    # within what cutting a decoded span on the sample grid moves it (under half a sample).
+    assert torch.equal(sample["video"][0], one["video"]) and torch.equal(sample["text"][0], one["text"])
+    assert (sample["audio"][0] - one["audio"]).abs().max() < 0.1
+    firsts = []
+    for r in range(3):
+        start = windows.train_start(0, 2, 0, 20.0, 50.0, 0.8, draw=r)
+        first = frame_index(sample["video"][r][:, 0])
+        assert first == int(start * FPS + 1e-6)  # the frame shown at the draw's start
+        assert [frame_index(sample["video"][r][:, t]) for t in range(8)] == list(range(first, first + 8))
+        heard = dominant_hz(sample["audio"][r], 16000)  # 0.2 s centred on the window
+        assert min(abs(heard - second_hz(int(start + off))) for off in (0.3, 0.5)) < 60
+        firsts.append(first)
+    assert len(set(firsts)) == 3
+
+
+def test_repeated_windows_are_consecutive_samples_of_one_micro_batch(corpus):
+    records = [{"video": "long.mp4", "start": s, "end": s + 10.0, "captions": ["x"], "label": k}
+               for k, s in enumerate((0.0, 20.0, 40.0, 60.0))]
+    clips = ManifestClips(manifest(corpus, records, "rep_loader.jsonl"), frames=4, fps=FPS, resolution=32, repeats=2,
+                          modalities=("video",), decoder="pyav")
+    loader = build_loader(clips, 2, shuffle=True, seed=0, epoch=1)
+    loader.sampler.set_epoch(1)
+    batches = list(loader)
+    assert len(batches) == 2  # 4 clips, 2 per batch, each 2 windows
+    for batch in batches:
+        assert batch["video"].shape == (4, 3, 4, 32, 32) and batch["bad"].shape == (2, MAX_ATTEMPTS)
+        index = batch["index"].tolist()
+        assert index[0::2] == index[1::2] and batch["label"].tolist() == index
+        assert torch.equal(batch["video"][3], clips[(1, index[3])]["video"][1])

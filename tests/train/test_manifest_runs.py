@@ -1,6 +1,6 @@
 """Whole runs on a real (generated) H.264/AAC corpus: VATT and DINO on 2 ranks from manifests with
 segments and timed captions, a corrupt file that is skipped and counted, the bad-fraction stop,
-exact resume after SIGKILL, and bad data refused before any compute."""
+repeated sampling (data.repeats), exact resume after SIGKILL, and bad data refused before any compute."""
 import json
 
 import pytest
@@ -67,9 +67,10 @@ def test_vatt_on_two_ranks_skips_the_corrupt_file_once_and_counts_it(corpus, tmp
 def test_dino_on_two_ranks_evaluates_on_multiple_views_per_video(corpus, tmp_path):
     run_dir = tmp_path / "dino"
     run_cli("train", *data_args(corpus, "clean"), "method=dino", "zero_stage=3", "eval.temporal_views=2",
-            "eval.spatial_views=2", "steps=2", "--nproc", "2", "--run-dir", str(run_dir))
+            "eval.spatial_views=2", "data.repeats=2", "steps=2", "--nproc", "2", "--run-dir", str(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["end_reason"] == "completed" and summary["data_skipped"] == 0
+    assert summary["samples_seen"] == 16  # every window counts: 2 steps x 8, from 8 decoded clips
     assert 0 <= summary["final"]["knn_top1"] <= 100
 
 
@@ -89,8 +90,8 @@ def test_more_bad_clips_than_the_limit_stop_the_run_naming_them(corpus, tmp_path
     assert "missing1.mp4 (line 2)" in proc.stdout and "missing4.mp4 (line 5)" in proc.stdout
 
 
-def test_a_sigkilled_manifest_run_resumes_to_the_same_result(corpus, tmp_path):
-    args = ["train", *data_args(corpus), "method=vatt", "data.max_bad_fraction=0.1", "steps=6",
+def test_a_sigkilled_manifest_run_with_repeated_sampling_resumes_to_the_same_result(corpus, tmp_path):
+    args = ["train", *data_args(corpus), "method=vatt", "data.max_bad_fraction=0.1", "steps=6", "data.repeats=2",
             "checkpoint_every=2", "--nproc", "2"]
     straight = tmp_path / "straight"
     run_cli(*args, "--run-dir", str(straight))
@@ -106,6 +107,8 @@ def test_a_sigkilled_manifest_run_resumes_to_the_same_result(corpus, tmp_path):
     resumed = {m["step"]: m["train/loss"] for m in read_metrics(killed) if "train/loss" in m}
     assert sorted(resumed) == list(range(1, 7))
     assert all(abs(losses[s] - resumed[s]) <= 1e-6 for s in losses)  # the same windows, step by step
+    # 4 windows per rank from 2 clips: 8 - 1 others, less the one other window of the same video.
+    assert {m["train/negatives_per_positive"] for m in read_metrics(straight) if "train/loss" in m} == {6}
 
 
 @pytest.mark.parametrize("problem, expected", [
