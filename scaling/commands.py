@@ -10,6 +10,7 @@ import json
 
 import scaling.data.commands
 from scaling.config import RunConfig
+from scaling.data.budget import PLANNED_MFU, PLANNED_PEAK_TFLOPS
 
 
 def config_args(p: argparse.ArgumentParser) -> None:
@@ -20,10 +21,14 @@ def config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
+    from scaling.data.budget import decode_budget
     from scaling.describe import describe, human
 
     cfg = RunConfig.load(args.config, args.overrides)
     info = describe(cfg)
+    budget = decode_budget(cfg, info["flops_per_sample"], mfu=args.mfu, peak_tflops=args.peak_tflops)
+    if budget is not None:
+        info["decode_budget"] = budget.as_dict()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -37,10 +42,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
     print(f"total flops: {human(info['total_flops'], 'FLOP')} over {info['samples']:,} samples "
           f"({info['steps']:,} steps)")
     print("tokens per sample: " + ", ".join(f"{k}={v}" for k, v in info["tokens"].items()))
-    negatives = info["batch"].get("negatives_per_positive")
-    print(f"batch: {info['batch']['formula']} (micro x accumulation x world)"
-          + (f", negatives/positive {negatives}" if "negatives_per_positive" in info["batch"] else ""))
+    batch = info["batch"]
+    print(f"batch: {batch['formula']} (micro x accumulation x world)"
+          + (f", {batch['clips_per_micro_batch']} clips x data.repeats={batch['repeats']} windows per micro-batch"
+             if "repeats" in batch else "")
+          + (f", negatives/positive {batch['negatives_per_positive']}" if "negatives_per_positive" in batch else ""))
     print(_memory_line(info["memory_per_gpu"], human))
+    if budget is not None:
+        print(budget.text())
     return 0
 
 
@@ -65,6 +74,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("describe", help="params, FLOPs, tokens, batch arithmetic and memory of a config")
     config_args(p)
     p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.add_argument("--mfu", type=float, default=PLANNED_MFU,
+                   help=f"the planned MFU of the decode budget (file-backed data; default: {PLANNED_MFU:g})")
+    p.add_argument("--peak-tflops", type=float, default=PLANNED_PEAK_TFLOPS,
+                   help=f"the GPU's dense peak for it (default: {PLANNED_PEAK_TFLOPS:g}, H100 SXM bf16)")
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("evaluate", help="re-evaluate a finished run from its run directory")

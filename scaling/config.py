@@ -22,6 +22,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt", "none")
 DATA_SOURCES = ("synthetic", "manifest", "webdataset", "images")
 DECODERS = ("torchcodec", "pyav")   # the video decoders of data.source=manifest
+# What each method reads from a clip (training, evaluation): a manifest decodes only these.
+MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",))}
 ZERO_STAGES = (0, 1, 2, 3)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from scaling.config import MODALITIES
 from scaling.data.augment import MultiCrop, normalize
 from scaling.data.device import send
 from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
@@ -87,8 +88,6 @@ def eval_input(cfg, batch: dict[str, torch.Tensor], device: torch.device | str) 
     return normalize(video)
 
 
-# What each method reads from a clip (training, evaluation): a manifest decodes only these.
-MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",))}
 
 
 def dataset_options(cfg, *, evaluation: bool, split: str = "eval") -> dict[str, Any]:

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- plan
 def plan(spec: SweepSpec) -> list[dict[str, Any]]:
-    """One row per grid point: params, FLOPs, memory per GPU and GPU-hours at the spec's MFU."""
+    """One row per grid point: params, FLOPs, memory per GPU and GPU-hours at the spec's MFU, and for
+    file-backed data the decode budget (CPU cores per GPU, scaling.data.budget)."""
+    from scaling.data.budget import decode_budget
     from scaling.describe import describe
 
     rows = []
@@ -38,10 +40,38 @@ def plan(spec: SweepSpec) -> list[dict[str, Any]]:
         cfg = spec.run_config({**point, **{k: s.corners()[0] for k, s in spec.search.items()}})
         info = describe(cfg, "cuda")
         gpu_hours = info["total_flops"] / (spec.estimate["peak_tflops"] * 1e12 * spec.estimate["mfu"]) / 3600
+        budget = decode_budget(cfg, info["flops_per_sample"], mfu=spec.estimate["mfu"],
+                               peak_tflops=spec.estimate["peak_tflops"])
         rows.append({"point": point, "key": point_key(point), "params": sum(info["params"].values()),
                      "flops": info["total_flops"], "memory_per_gpu": info["memory_per_gpu"]["total_bytes"],
-                     "gpu_hours": gpu_hours * repeats, "trials": repeats})
+                     "gpu_hours": gpu_hours * repeats, "trials": repeats, "decode": budget,
+                     "num_workers": cfg.data.num_workers})
     return rows
+
+
+def decode_notes(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[str]:
+    """The decode budget's basis, and warnings where the CPUs cannot keep the GPUs fed: the profile's
+    cpus_per_task (less the rank's main thread) or data.num_workers below the cores a point needs."""
+    budgets = [r for r in rows if r["decode"] is not None]
+    if not budgets:
+        return []
+    worst = max(budgets, key=lambda r: r["decode"].cores_per_gpu)
+    need = worst["decode"].cores_per_gpu
+    where = ", ".join(f"{k}={v}" for k, v in worst["point"].items()) or "every point"
+    lines = ["decode budget: cores/GPU = windows/s a GPU trains on x CPU s per window; "
+             + "; ".join(sorted({r["decode"].basis for r in budgets}))]
+    _, resources = _launch(spec, spec.launcher)
+    if resources is not None and resources.gpus_per_node > 0 and resources.cpus_per_task - 1 < need:
+        lines.append(f"warning: decoding needs {need:.1f} CPU cores per GPU ({where}), but the launcher's profile gives "
+                     f"cpus_per_task={resources.cpus_per_task} ({resources.cpus_per_task - 1} for loader workers beside "
+                     "each rank's main thread): the GPUs will wait on data. Raise data.repeats, lower data.frames or "
+                     "data.resolution, or ask for more CPUs per task")
+    short = [r for r in budgets if r["num_workers"] < r["decode"].cores_per_gpu]
+    if short:
+        r = max(short, key=lambda r: r["decode"].cores_per_gpu - r["num_workers"])
+        lines.append(f"warning: data.num_workers={r['num_workers']} decode on at most {r['num_workers']} cores, "
+                     f"below the {r['decode'].cores_per_gpu:.1f} a GPU needs ({len(short)} of {len(budgets)} points)")
+    return lines
 
 
 def plan_text(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
@@ -55,18 +85,22 @@ def plan_text(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     say(f"sweep {spec.name}: {spec.trials} trial(s), {'TPE over ' + ', '.join(spec.search) if spec.is_search else 'grid'}"
         f"; objective {spec.direction} {spec.metric}; storage {storage_url(spec)}")
     head = "".join(f"{a.split('.')[-1]:>13}" for a in axes)
-    say(f"{head} {'params':>9} {'FLOPs':>9} {'mem/GPU':>9} {'GPU-h':>9}" + ("  trials" if spec.is_search else ""))
+    decoded = any(r["decode"] is not None for r in rows)
+    say(f"{head} {'params':>9} {'FLOPs':>9} {'mem/GPU':>9} {'GPU-h':>9}" + (f" {'cores/GPU':>9}" if decoded else "")
+        + ("  trials" if spec.is_search else ""))
     for r in rows:
         cells = "".join(f"{r['point'].get(a, '')!s:>13}" for a in axes)
+        cores = "" if not decoded else f" {r['decode'].cores_per_gpu:>9.1f}" if r["decode"] else f" {'-':>9}"
         say(f"{cells} {human(r['params'], digits=1, sep=''):>9} {human(r['flops'], digits=1, sep=''):>9} "
             f"{human(r['memory_per_gpu'], 'B', 1, ''):>9} "
-            f"{r['gpu_hours']:>9.3g}" + (f"  {r['trials']:.3g}" if spec.is_search else ""))
+            f"{r['gpu_hours']:>9.3g}{cores}" + (f"  {r['trials']:.3g}" if spec.is_search else ""))
     total = sum(r["gpu_hours"] for r in rows)
     say(f"total: {sum(r['flops'] * r['trials'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at "
         f"{spec.estimate['mfu']:.0%} MFU of {spec.estimate['peak_tflops']:g} TFLOP/s "
         f"(search axes at their lower bound)" if spec.is_search else
         f"total: {sum(r['flops'] for r in rows):.3g} FLOPs, {total:.3g} GPU-hours at {spec.estimate['mfu']:.0%} MFU "
         f"of {spec.estimate['peak_tflops']:g} TFLOP/s")
+    lines += decode_notes(spec, rows)
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from scaling.config import CONFIGS, RunConfig
+from scaling.data.budget import PLANNED_MFU, PLANNED_PEAK_TFLOPS
 from scaling.validate import ConfigError, choice, finite_number, integer, load_named_yaml, mapping, number, text, yaml_value
 from slurm.profile import LAUNCHER_TYPES, ProfileError, launcher_resources
 
@@ -294,7 +295,7 @@ def _launcher(raw: dict, spec_path: Path) -> dict[str, Any]:
 
 def _estimate(raw: dict) -> dict[str, float]:
     """The FLOP rate `sweep plan` turns FLOPs into GPU-hours with."""
-    estimate = {"peak_tflops": 989.0, "mfu": 0.4, **_mapping("estimate", raw.get("estimate"))}
+    estimate = {"peak_tflops": PLANNED_PEAK_TFLOPS, "mfu": PLANNED_MFU, **_mapping("estimate", raw.get("estimate"))}
     bad = sorted(set(estimate) - set(ESTIMATE_KEYS))
     if bad:
         raise SpecError(f"estimate.{bad[0]}", f"unknown key; allowed keys: {', '.join(ESTIMATE_KEYS)}")

@@ -1,5 +1,5 @@
-"""One-run layer's data commands: `scaling data index DIR`, `scaling data check MANIFEST` and
-`scaling data shard MANIFEST --out DIR`.
+"""One-run layer's data commands: `scaling data index DIR`, `scaling data check MANIFEST`,
+`scaling data shard MANIFEST --out DIR` and `scaling data probe PATH`.
 
 Thin: parse, call scaling.data.corpus, print the counts. Importing this module loads no torch (the
 entry point imports it to list the commands); the scans import it when they start.
@@ -103,11 +103,47 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from scaling.config import ConfigError
+    from scaling.data.budget import decode_budget, measure, probe_file, write_probe
+    from scaling.data.corpus import check_paths
+    from scaling.describe import describe
+
+    source = "webdataset" if args.path.endswith((".tar", "}", "-shards.json")) else "manifest"
+    cfg = _run_config(args.config, [f"data.source={source}", f"data.path={args.path}", *args.overrides])
+    if cfg.data.source not in ("manifest", "webdataset"):
+        raise ConfigError("data.source", f"a probe decodes videos: got {cfg.data.source!r}; allowed: 'manifest', 'webdataset'")
+    if args.windows < 1:
+        raise ConfigError("--windows", f"got {args.windows}; must be at least 1")
+    check_paths(cfg.data, splits=("train",))  # before anything is decoded: the path exists and reads
+    out = Path(args.out) if args.out else probe_file(cfg.data.path)
+    if not out.parent.is_dir():
+        raise ConfigError("--out", f"{out.parent} is not a folder")
+    probe = measure(cfg, args.windows)
+    probe["command"] = "scaling data probe " + " ".join([args.path, *args.overrides])
+    d = cfg.data
+    print(f"probed {probe['windows']} windows ({probe['clips']} clips x data.repeats={d.repeats}) of {d.path} for "
+          f"{cfg.method}: {d.frames} frames at {d.fps:g} fps, {d.resolution}px, {d.decoder}: "
+          f"{probe['cpu_s_per_window'] * 1e3:.1f} ms of CPU per window (wall {probe['wall_s_per_window'] * 1e3:.1f} ms)"
+          f", {probe['failed']} failed; one core decodes {1 / probe['cpu_s_per_window']:.1f} windows/s")
+    try:
+        write_probe(out, probe)
+    except OSError as err:
+        print(f"could not write the probe to {out}: {err}; pass --out FILE in a writable folder "
+              "(describe and sweep plan read it beside data.path)")
+        return 1
+    print(f"probe -> {out}")
+    budget = decode_budget(cfg, describe(cfg, "cuda")["flops_per_sample"]) if out == probe_file(d.path) else None
+    if budget is not None:
+        print(budget.text())
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="real video corpora: index a folder into a manifest, check that every entry decodes",
                        description="From a folder of videos to a manifest a run can read: `index` it, then `check` it "
                                    "(then, for a cluster's file system, `shard` it into tar files).")
-    data = p.add_subparsers(dest="data_command", required=True, metavar="{index,check,shard}")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="{index,check,shard,probe}")
 
     p = data.add_parser(
         "index", help="write the JSONL manifest of a folder of videos (labels, durations, streams)",
@@ -167,3 +203,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "there (once the new set is complete) and leaves every other file alone, so another split "
                         "(--prefix val) can join the same folder")
     p.set_defaults(func=cmd_shard)
+
+    p = data.add_parser(
+        "probe", help="measure the CPU cost of decoding a training window of your files (for describe and sweep plan)",
+        description="Decode about --windows training windows of PATH (a manifest, or shards: a brace pattern or "
+                    "PREFIX-shards.json) at the run's geometry (method, data.frames, data.fps, data.resolution, audio, "
+                    "data.decoder, data.repeats: from --config and key=value overrides), one thread, as a loader worker "
+                    "does, and cache the CPU seconds per window beside PATH (train.jsonl -> train.probe.json; shards -> "
+                    "PREFIX-probe.json), one entry per geometry. `scaling describe` and `scaling sweep plan` read it to "
+                    "print the CPU cores one GPU needs. Exit code 0; 1 when the cache cannot be written; 2 when PATH or "
+                    "a value is refused (nothing is decoded then).")
+    p.add_argument("path", metavar="PATH", help="the train split: a manifest .jsonl, a shard brace pattern or -shards.json")
+    p.add_argument("--config", "-c", help="RunConfig YAML file (its method and data.* give the geometry)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. method=vatt data.frames=32 data.resolution=224 data.repeats=2")
+    p.add_argument("--windows", type=int, default=32, help="windows to time (default: 32)")
+    p.add_argument("--out", help="the cache file (default: beside PATH, where describe and sweep plan look)")
+    p.set_defaults(func=cmd_probe)

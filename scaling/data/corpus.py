@@ -261,15 +261,17 @@ def _absolute_paths(text: str, folder: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- corpus paths of a config
-def check_paths(data_cfg) -> None:
+def check_paths(data_cfg, splits=("train", "eval")) -> None:
     """Refuse, before any compute, a config whose real corpus is not there: ConfigError naming
-    data.path or data.eval_path and the file. Cheap: it only asks whether the paths exist (what
-    they hold is checked by `scaling data check`, and when a run starts)."""
+    data.path or data.eval_path (of `splits`) and the file. Cheap: it only asks whether the paths
+    exist (what they hold is checked by `scaling data check`, and when a run starts)."""
     source = data_cfg.source
     if source == "synthetic":
         return
     kind = {"manifest": "manifest", "webdataset": "shard set", "images": "image folder"}[source]
     for field, split, value in (("data.path", "train", data_cfg.path), ("data.eval_path", "eval", data_cfg.eval_path)):
+        if split not in splits:
+            continue
         if not value:
             raise ConfigError(field, f"data.source={source!r} reads the {split} split from a {kind}: set {field}")
         path = Path(value)
