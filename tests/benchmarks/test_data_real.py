@@ -5,21 +5,31 @@ import pytest
 import torch
 
 from benchmarks import run_one
+from benchmarks.data_budget import REPEATS, SOURCES, drop_cache, page_cache_kb
 from benchmarks.data_real import COLUMNS, DECODERS, audio_alignment, band_indices
 from scaling.data.decode import open_media
 from scaling.data.encode import write_video
 
 
-def test_smoke_run_compares_both_decoders_at_both_geometries():
+def test_smoke_run_compares_both_decoders_at_both_geometries_then_files_shards_and_repeats():
     result = run_one("data_real", "smoke")
     assert result.status == "ok", "\n".join([result.status, *result.notes])
-    assert result.met is None and [(r["decoder"], r["geometry"].split(":")[0]) for r in result.rows] == [
+    decoders = [r for r in result.rows if "case" not in r]
+    assert result.met is None and [(r["decoder"], r["geometry"].split(":")[0]) for r in decoders] == [
         (d, g) for g in ("demo", "vatt") for d in DECODERS]
     assert all(set(row) <= set(COLUMNS) for row in result.rows)
-    for row in result.rows:
+    cases = [r["case"] for r in result.rows if "case" in r]
+    assert cases == ["manifest: 16 clips, cold", "shards: 16 clips, cold"] + [
+        f"{source}, data.repeats={k}" for source in SOURCES for k in REPEATS]
+    repeated = [r for r in result.rows if "repeats" in r.get("case", "")]
+    assert all(r["clips/s per core"] > 0 and r["cores per GPU"] > 0 for r in repeated)
+    assert any(n.startswith("5. Manifest vs shards: 16 clips") and "evicted" in n for n in result.notes)
+    assert any(n.startswith("6. Repeated sampling") and "the fewest:" in n for n in result.notes)
+    assert any(n.startswith("Default cost model") for n in result.notes)
+    for row in decoders:
         assert row["equal output"] and row["frames same"] == "1/1" and row["clips/s per core"] > 0
         assert row["seek start s"] > 0 and row["seek end s"] > 0
-    vatt = [r for r in result.rows if r["geometry"].startswith("vatt")]
+    vatt = [r for r in decoders if r["geometry"].startswith("vatt")]
     assert all(r["cores per GPU"] > 0 for r in vatt)
     assert vatt[0]["torchcodec / PyAV"] == pytest.approx(vatt[0]["clips/s per core"] / vatt[1]["clips/s per core"])
     if not torch.cuda.is_available():
@@ -65,3 +75,12 @@ def test_audio_alignment_recovers_a_fractional_lag():
                                     + 0.5 * np.sin(2 * np.pi * 1300 * (t - 0.3 / 16000)))
     assert lag == pytest.approx(0.3) and residual < 0.02
     assert audio_alignment(signal, signal) == (0.0, pytest.approx(0.0, abs=1e-9))
+
+
+def test_dropping_a_file_from_the_page_cache_shrinks_the_cache(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(64 << 20))
+    path.read_bytes()  # cached now
+    before = page_cache_kb()
+    assert drop_cache([path]) > 32 << 10  # kB: most of the 64 MB left the cache
+    assert page_cache_kb() < before
