@@ -8,6 +8,26 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Under pytest-xdist (`make test` runs two workers) every process of a test gets one thread: two
+# workers' ranks then share the cores instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# The tests of these modules share one SLURM cluster and one PostgreSQL server (queue, node CPUs,
+# squeue counts): under xdist's loadgroup they all run on one worker, one after the other.
+SERVICE_MODULES = ("tests/slurm/", "tests/sweeps/", "tests/test_demo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).resolve().parent.parent
+    for item in items:
+        where = Path(item.fspath).resolve().relative_to(root).as_posix()
+        if where.startswith(SERVICE_MODULES):
+            item.add_marker(pytest.mark.xdist_group("services"))
+
 
 @pytest.fixture(scope="session")
 def cluster():

@@ -23,11 +23,11 @@ from scaling.config import MODALITIES, RunConfig
 PLANNED_MFU = 0.4
 PLANNED_PEAK_TFLOPS = 989.0
 # Without a probe: CPU seconds per window = DEFAULT_CLIP_S / repeats + frames x DEFAULT_FRAME_S. Fitted to
-# `scaling bench data_real` (BENCHMARKS.md, 2026-12-02, a 2.6 GHz Xeon core): open, seek (5-s keyframe
+# `scaling bench data_real` (BENCHMARKS.md, 2026-12-02, one AMD EPYC core): open, seek (5-s keyframe
 # intervals), audio and captions per clip; decode, resize and crop per output frame of 320x240, 25-fps
 # H.264 sources. Larger sources or longer keyframe intervals cost more: probe your own files.
-DEFAULT_CLIP_S = 0.046
-DEFAULT_FRAME_S = 0.00225
+DEFAULT_CLIP_S = 0.049
+DEFAULT_FRAME_S = 0.0015
 PROBE_WINDOWS = 32
 FILE_BACKED = ("manifest", "webdataset")
 
