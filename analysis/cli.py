@@ -10,13 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-
-class InputError(ValueError):
-    """A command-line input is invalid; the message names the argument."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field = field_name
-        super().__init__(f"{field_name}: {message}")
+from scaling.schema import InputError as InputError  # re-exported: it lived here
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -30,7 +24,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = Path(args.csv)
     if not path.is_file():
         raise InputError("csv", f"no such file: {path}")
-    table = pd.read_csv(path)
+    for flag, value in (("--bootstrap", args.bootstrap), ("--drop-top", args.drop_top)):
+        if value < 0:
+            raise InputError(flag, f"got {value}; must be >= 0")
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise InputError("csv", f"{path} is not a readable CSV table: {' '.join(str(err).split())}") from None
 
     def column(flag: str, name: str | None):
         if name is None:
@@ -78,7 +78,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for path in args.paths:
         if not Path(path).exists():
             raise InputError("paths", f"no such run or sweep directory: {path}")
-    try:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", f"{out} exists and is not a folder")
+    if args.bootstrap < 0:
+        raise InputError("--bootstrap", f"got {args.bootstrap}; must be >= 0 (0: no intervals)")
+    try:  # analyze() creates --out only once the runs are read and the metric is found
         written = analyze(args.paths, args.out, metric=args.metric, bootstrap=args.bootstrap)
     except ValueError as err:
         raise InputError("paths", str(err)) from None

@@ -56,7 +56,6 @@ def _img(path: Path, alt: str) -> str:
 def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_top1", bootstrap: int = 200) -> dict:
     """Run the whole analysis over run/sweep directories into `out`; returns what was written."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LoadWarning)
@@ -73,6 +72,7 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
     notes += sorted({str(w.message) for w in caught})
     label = METRIC_LABEL.get(metric, metric)
 
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good: a refusal writes nothing
     written = {}
     df.to_csv(out / "runs.csv", index=False)
     written["runs"] = out / "runs.csv"

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from scaling.models.sizes import SIZES
-from scaling.validate import ConfigError, choice, flag, integer, number, pair, plain, yaml_value
+from scaling.validate import ConfigError, choice, flag, integer, number, pair, plain, yaml_problem, yaml_value
 from scaling.validate import load_named_yaml as load_named_yaml  # re-exported: it lived here
 
 METHODS = ("vatt", "dino")
@@ -26,6 +26,12 @@ DECODERS = ("torchcodec", "pyav")   # the video decoders of data.source=manifest
 MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",))}
 ZERO_STAGES = (0, 1, 2, 3)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
+# Optimizer steps of a run that sets neither steps nor samples: `scaling train` with no arguments
+# (vatt nano, batch 64, synthetic clips). On a 2-core CPU a step takes ~0.55 s, and the fixed part
+# (start-up, the random-init and the final evaluation over 8192 + 1024 clips, model.pt) about a
+# minute, so 50 steps (the loss falls from ~8.5 to ~7.8) take ~1.5 minutes on an idle machine
+# (measured: 3 minutes on a shared one); 200 steps took 5 minutes there.
+DEFAULT_STEPS = 50
 
 
 # ----------------------------------------------------------------------------- sections
@@ -60,6 +66,10 @@ class DataConfig:
 
     def validate(self) -> None:
         choice("data.source", self.source, DATA_SOURCES)
+        for name in ("path", "eval_path"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"data.{name}", f"got {getattr(self, name)!r}; must be a path (a string: quote "
+                                                  "a name that YAML reads as another value)")
         if self.source != "synthetic" and not self.path:
             raise ConfigError("data.path", f"data.source={self.source!r} needs a path (manifest .jsonl or image folder)")
         for name in ("train_size", "eval_size", "frames", "resolution",
@@ -206,7 +216,7 @@ class RunConfig:
     global_batch: int = 64             # samples per optimizer step, all ranks and micro-steps
     micro_batch: int = 64              # samples per rank per forward/backward
     world_size: int = 1                # ranks; accumulation = global / (micro x world)
-    steps: int | None = None           # exactly one of steps / samples
+    steps: int | None = None           # at most one of steps / samples; neither: DEFAULT_STEPS
     samples: int | None = None
     lr: float | None = None            # base lr at lr_ref_batch; None: the method's default
     lr_scaling: str | None = None      # linear (lr x B/ref) | sqrt | none
@@ -243,12 +253,9 @@ class RunConfig:
                 "global_batch",
                 f"got {self.global_batch}; must be a multiple of micro_batch x world_size "
                 f"= {self.micro_batch} x {self.world_size} = {self.micro_batch * self.world_size}")
-        if (self.steps is None) == (self.samples is None):
-            raise ConfigError("steps", "set exactly one of steps or samples "
-                                       f"(got steps={self.steps!r}, samples={self.samples!r})")
         if self.steps is not None:
             integer("steps", self.steps, exclusive_minimum=0)
-        else:
+        if self.samples is not None:
             integer("samples", self.samples, exclusive_minimum=0)
             if self.samples % self.global_batch:
                 raise ConfigError("samples", f"got {self.samples}; must be a multiple of global_batch="
@@ -291,6 +298,33 @@ class RunConfig:
                                              "allowed for method=vatt: 'synthetic', 'manifest'")
         if self.method == "dino" and self.dino.input == "video" and self.data.source == "images":
             raise ConfigError("dino.input", "data.source='images' has no clips; set dino.input='image'")
+        if self.method == "dino":
+            self._check_dino_crops()
+        if self.method == "vatt" and self.vatt.shared_backbone and \
+                not (self.vatt.audio_size or self.size) == (self.vatt.text_size or self.size) == self.size:
+            raise ConfigError("vatt.shared_backbone", f"the modality-agnostic VATT shares one encoder: "
+                                                      f"vatt.audio_size and vatt.text_size must be unset or equal "
+                                                      f"size={self.size!r} (got {self.vatt.audio_size!r}, "
+                                                      f"{self.vatt.text_size!r})")
+        if self.steps is not None and self.samples is not None:  # last: no other field's error waits on it
+            raise ConfigError("steps", f"set steps or samples, not both (got steps={self.steps!r}, "
+                                       f"samples={self.samples!r}; neither: {DEFAULT_STEPS} steps)")
+
+    def _check_dino_crops(self) -> None:
+        """Local crops the backbone can tokenize: on the voxel grid (video) or the patch grid (image),
+        and no longer than the clip."""
+        video = self.dino.input == "video"
+        grid = 16 if video else self.dino.patch_size  # the voxel's pixels, or the image patch
+        if self.dino.local_resolution is not None and self.dino.local_resolution % grid:
+            raise ConfigError("dino.local_resolution", f"got {self.dino.local_resolution}; must be a multiple of the "
+                                                       f"{grid}-pixel {'voxel' if video else 'patch'}")
+        if video and self.dino.local_frames is not None:
+            if self.dino.local_frames % 4:
+                raise ConfigError("dino.local_frames", f"got {self.dino.local_frames}; must be a multiple of the "
+                                                       "4-frame voxel")
+            if self.dino.local_frames > self.data.frames:
+                raise ConfigError("dino.local_frames", f"got {self.dino.local_frames}; a local crop cannot be longer "
+                                                       f"than the clip (data.frames={self.data.frames})")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -299,7 +333,9 @@ class RunConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.steps if self.steps is not None else self.samples // self.global_batch
+        if self.steps is not None:
+            return self.steps
+        return self.samples // self.global_batch if self.samples is not None else DEFAULT_STEPS
 
     @property
     def total_samples(self) -> int:
@@ -338,7 +374,12 @@ class RunConfig:
             p = Path(path)
             if not p.is_file():
                 raise ConfigError("config", f"no such config file: {p}")
-            raw = yaml.safe_load(p.read_text()) or {}
+            try:
+                raw = yaml.safe_load(p.read_text()) or {}
+            except (OSError, UnicodeDecodeError) as err:
+                raise ConfigError("config", f"cannot read {p}: {err}") from None
+            except yaml.YAMLError as err:
+                raise ConfigError("config", f"{p} is not valid YAML: {yaml_problem(err)}") from None
             if not isinstance(raw, dict):
                 raise ConfigError("config", f"{p} must hold a mapping of fields")
         return cls.from_dict(apply_overrides(raw, overrides))
@@ -362,7 +403,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix.rstrip(".") or "config", f"must be a mapping, got {raw!r}")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
+    unknown = sorted(set(raw) - set(known), key=str)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", f"unknown field; allowed fields: {', '.join(known)}")
     kwargs: dict[str, Any] = {}
@@ -390,7 +431,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError("override", f"{item!r} has an empty key")
-        value = _number_or_self(yaml.safe_load(text)) if text.strip() else None
+        try:
+            value = _number_or_self(yaml.safe_load(text)) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(key, f"{text!r} is not a valid YAML value: {yaml_problem(err)}") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

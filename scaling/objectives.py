@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from scaling import draws
 from scaling.config import MODALITIES
 from scaling.data.augment import MultiCrop, normalize
 from scaling.data.device import send
@@ -200,7 +201,8 @@ class DINOObjective:
         if self.cfg.dino.input == "image":
             # Image DINO on clips: one random frame per clip, drawn where the generator lives.
             where = generator.device if generator is not None else torch.device("cpu")
-            idx = send(torch.randint(video.shape[2], (video.shape[0],), generator=generator, device=where), device)
+            u = draws.rand(video.shape[0], generator=generator, device=where, dtype=torch.float64)
+            idx = send((u * video.shape[2]).long().clamp(max=video.shape[2] - 1), device)
             return video[torch.arange(video.shape[0], device=device), :, idx]
         return video
 

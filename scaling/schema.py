@@ -39,11 +39,25 @@ NEGATIVES_PER_POSITIVE = "negatives_per_positive"
 STOP = "stop"                   # why a stopped run stopped (a sweep writes "pruned at step N")
 DATA_SKIPPED = "data_skipped"   # distinct clips that failed to decode and were replaced (manifest data)
 BAD_CLIPS = "bad_clips"         # their files, each with its manifest line
+SEGMENTS = "segments"           # each start of the run: [{start_step, world_size, zero_stage}]
 
 # ----------------------------------------------------------------------------- end reasons
 COMPLETED, STOPPED, DEADLINE, INTERRUPTED = "completed", "stopped", "deadline", "interrupted"
 NONFINITE_LOSS, NONFINITE_GRAD = "nonfinite_loss", "nonfinite_grad"
 BAD_DATA = "bad_data"           # more clips than data.max_bad_fraction failed to decode
+CANCELLED = "cancelled"         # a cancel request (`sweep cancel`, Ctrl-C in `scaling demo`) stopped it
+CANCEL_REQUEST = "cancel.request"  # in the run dir: asks the running job to save its step and stop
+
+
+class InputError(ValueError):
+    """A command-line input other than a config value is invalid (a run directory `scaling evaluate`
+    reads, the folders `scaling analyze` reads, a CSV `scaling fit` reads); the message names the
+    argument. The `scaling` entry point reports it as `scaling: invalid input: FIELD: ...`, exit 2."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        self.message = message
+        super().__init__(f"{field_name}: {message}")
 
 
 def finite_number(value: Any) -> bool:

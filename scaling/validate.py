@@ -21,7 +21,7 @@ import yaml
 from scaling.schema import finite_number
 
 __all__ = ["ConfigError", "choice", "finite_number", "flag", "integer", "load_named_yaml", "mapping", "number",
-           "pair", "plain", "text", "yaml_value"]
+           "pair", "plain", "text", "yaml_problem", "yaml_value"]
 
 
 class ConfigError(ValueError):
@@ -49,7 +49,20 @@ def load_named_yaml(name_or_path: str | Path, folder: Path, what: str, field_nam
     try:
         return path, yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise error(field_name, f"{path} is not valid YAML: {err}") from None
+        raise error(field_name, f"{path} is not valid YAML: {yaml_problem(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(field_name, f"cannot read {path}: {err}") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line, column), without the echoed source."""
+    problem = getattr(err, "problem", None)
+    if not problem:
+        return " ".join(str(err).split())
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    context = getattr(err, "context", None)
+    return f"{context}: {problem}{where}" if context else f"{problem}{where}"
 
 
 def yaml_value(value: Any) -> str:

@@ -37,15 +37,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _submit_train(args: argparse.Namespace, configs: list) -> int:
     """`scaling train --launcher slurm|local|debug`: submit the run(s) through submitit."""
-    from scaling.train.launch import resolve_run
+    from scaling.train.launch import check_run, place_run
     from slurm.jobs import submit, wait
     from slurm.profile import launcher_resources
 
     profile, res = launcher_resources(args.launcher, args.profile, args.nproc, nodes=args.nodes, time=args.time)
+    # The ranks run on the profile's nodes (slurm), or on this machine (local, debug: None).
+    gpus = bool(res and res.gpus_per_node) if args.launcher == "slurm" else None
+    # Every run is checked before any run directory is created.
+    checked = [check_run(config, args.overrides, args.run_dir, args.nproc, gpus=gpus) for config in configs]
     runs = []
     try:
-        for config in configs:
-            runs.append(resolve_run(config, args.overrides, args.run_dir, args.nproc))
+        for cfg, existing in checked:
+            runs.append((cfg, existing if existing is not None else place_run(cfg, args.run_dir)))
         jobs = submit(runs, args.launcher, profile=profile, res=res, parallelism=args.parallelism)
     except BaseException:
         for _, run_dir in runs:  # fresh folders that nothing was written to

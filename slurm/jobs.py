@@ -172,19 +172,21 @@ def prepare(cfg: RunConfig, run_dir: Path) -> None:
     prepare_run_dir(cfg, run_dir, with_environment=False)
 
 
-def _record(run_dir: Path, job, launcher: str, profile: Profile | None, res: Resources | None) -> dict[str, Any]:
+def _record(run_dir: Path, job, launcher: str, profile: Profile | None, res: Resources | None,
+            world_size: int) -> dict[str, Any]:
     path = Path(run_dir) / JOB_RECORD
     previous = read_record(run_dir)
     history = previous.get("history", [])
     if previous.get("job_id"):
-        history.append({k: previous[k] for k in ("job_id", "launcher", "submitted_at") if k in previous})
+        history.append({k: previous[k] for k in ("job_id", "launcher", "submitted_at", "world_size") if k in previous})
     record = {
         "job_id": str(job.job_id), "launcher": launcher, "profile": profile.name if profile else None,
-        "resources": asdict(res) if res else None,
+        "resources": asdict(res) if res else None, "world_size": world_size,  # ranks of this submission
         # The debug launcher prints to this terminal; the others log to files per task.
         "stdout": None if launcher == "debug" else str(job.paths.stdout),
         "stderr": None if launcher == "debug" else str(job.paths.stderr),
         "submitted_at": dt.datetime.now().isoformat(timespec="seconds"), "history": history,
+        "submitted_time": round(time.time(), 3),  # the same, precisely (stale cancel requests are older)
         # The process that runs the job: the debug launcher's is this one, the local launcher's its own.
         "pid": os.getpid() if launcher == "debug" else (int(job.job_id) if launcher == "local" else None),
     }
@@ -239,8 +241,8 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
         with executor.batch():
             pending = [executor.submit(callable_for(d)) for d in run_dirs]
         jobs = list(pending)
-    for job, run_dir in zip(jobs, run_dirs):
-        _record(run_dir, job, launcher, profile, res)
+    for (cfg, _), job, run_dir in zip(runs, jobs, run_dirs):
+        _record(run_dir, job, launcher, profile, res, cfg.world_size)
     if folder.is_dir() and not any(folder.iterdir()):  # the local executor creates the template itself
         folder.rmdir()
     return jobs
@@ -260,7 +262,7 @@ def _pid_alive(pid: Any) -> bool:
         return False
 
 
-def _ended_since_submit(run_dir: Path) -> bool:
+def ended_since_submit(run_dir: Path) -> bool:
     """A summary.json written after the latest submission: this job's run has ended."""
     summary, record = Path(run_dir) / schema.SUMMARY, Path(run_dir) / JOB_RECORD
     return summary.is_file() and record.is_file() and summary.stat().st_mtime >= record.stat().st_mtime
@@ -277,11 +279,12 @@ def run_states(run_dirs: Sequence[Path]) -> dict[Path, str]:
             states[run_dir] = "-"
         elif rec["launcher"] == "slurm":
             states[run_dir] = slurm.get(rec["job_id"], "UNKNOWN")
-        elif rec["launcher"] in ("local", "debug") and not _ended_since_submit(run_dir) and _pid_alive(rec.get("pid")):
+        elif rec["launcher"] in ("local", "debug") and not ended_since_submit(run_dir) and _pid_alive(rec.get("pid")):
             states[run_dir] = "RUNNING"
         else:
             reason = schema.read_summary(run_dir).get(schema.END_REASON)
-            states[run_dir] = "COMPLETED" if reason == schema.COMPLETED else ("FAILED" if reason else "UNKNOWN")
+            states[run_dir] = ("COMPLETED" if reason == schema.COMPLETED else "CANCELLED" if reason == schema.CANCELLED
+                               else "FAILED" if reason else "UNKNOWN")
     return states
 
 

@@ -21,7 +21,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(commands.status_text(spec, commands.status(spec), args.json))
         return 0
     if args.action == "cancel":
-        commands.cancel(spec)
+        commands.cancel(spec, grace_s=args.grace)
         return 0
     cmd = commands.tensorboard_command(spec)
     if not args.start:
@@ -33,13 +33,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _submit(spec, args: argparse.Namespace) -> int:
     from sweeps import commands
-    from sweeps.spec import SpecError
+    from sweeps.spec import SpecError, check_precision
 
     launcher = {k: v for k, v in (("type", args.launcher), ("profile", args.profile)) if v}
-    if launcher:
-        merged = {**spec.launcher, **launcher}
-        if merged["type"] == "slurm" and not merged.get("profile"):
-            raise SpecError("--profile", "a slurm launcher needs a cluster profile")
+    merged = {**spec.launcher, **launcher}
+    if launcher and merged["type"] == "slurm" and not merged.get("profile"):
+        raise SpecError("--profile", "a slurm launcher needs a cluster profile")
+    # Before any trial or job: the ranks' device (the profile's nodes, or this machine) runs the precision.
+    _, res = commands._launch(spec, merged)
+    check_precision(spec, bool(res and res.gpus_per_node) if merged["type"] == "slurm" else None)
     print(f"sweep {spec.name}: {spec.trials} trial(s), storage {commands.storage_url(spec)}")
     print(f"watch: {' '.join(commands.tensorboard_command(spec))}")
     commands.submit(spec, launcher)
@@ -66,5 +68,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--launcher", choices=["slurm", "local", "debug"], help="submit: override the spec's launcher")
     p.add_argument("--profile", help="submit: override the spec's cluster profile")
     p.add_argument("--json", action="store_true", help="status: print JSON")
+    p.add_argument("--grace", type=float, default=120.0, metavar="S",
+                   help="cancel: seconds running jobs get to save their step and stop before the scheduler "
+                        "cancels them (default 120)")
     p.add_argument("--start", action="store_true", help="tensorboard: start it instead of printing the command")
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, imports=("optuna",))  # see scaling.cli.main

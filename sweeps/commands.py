@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scaling import schema
+from scaling.train import rundir as rd
 from sweeps.spec import SweepSpec, point_key
 from sweeps.storage import storage_url
 from sweeps.study import (
     create_trial,
     finish,
+    mark_cancelled,
     not_its_fault,
     open_study,
     points_owed,
@@ -224,28 +227,109 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def cancel(spec: SweepSpec) -> int:
-    """Cancel the jobs of running trials and mark them FAIL (cancelled: retried by the next submit)."""
+PENDING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED")  # SLURM: queued, not training
+
+
+def cancel(spec: SweepSpec, grace_s: float = 120.0, poll_s: float = 1.0) -> int:
+    """Stop the running trials' jobs and mark their trials cancelled (FAIL, not their fault: the next
+    submit reruns them, resuming their checkpoints); returns how many were cancelled.
+
+    A job still queued is cancelled at once. A running one is asked to stop (a cancel request in its
+    run directory, which the training loop answers after the step it sees it at: a checkpoint of that
+    step, then end_reason "cancelled"), and followed until its job has ended; one still running after
+    `grace_s` is cancelled by the scheduler (scancel; SIGINT to the local executor's job). A trial whose
+    run completed before the request reached it is settled from its summary: COMPLETE, not cancelled.
+    """
+    from slurm.jobs import run_states
+
     with submit_lock(spec):
         study = open_study(spec)
-        n = 0
-        for t in study.get_trials(deepcopy=False):
-            if t.state.name != "RUNNING" or not t.user_attrs.get("job_id"):
-                continue
-            job, kind = t.user_attrs["job_id"], t.user_attrs.get("launcher")
-            if kind == "slurm":
-                subprocess.run(["scancel", job], capture_output=True)
-            elif kind == "local":
-                try:
-                    os.kill(int(job), signal.SIGTERM)
-                except (ValueError, ProcessLookupError):
-                    pass
-            not_its_fault(study, t)
-            finish(study, t, "FAIL", reason="cancelled")
-            log.info(f"trial {t.number}: cancelled job {job}")
-            n += 1
+        running = [t for t in study.get_trials(deepcopy=False)
+                   if t.state.name == "RUNNING" and t.user_attrs.get("job_id")]
+        states = run_states([_run_dir(t) for t in running if _run_dir(t).is_dir()])
+        asked, n = [], 0
+        for t in running:
+            queued = t.user_attrs.get("launcher") == "slurm" and states.get(_run_dir(t)) in PENDING
+            if queued or not _run_dir(t).is_dir():  # nothing trains yet: nothing to save
+                if t.user_attrs.get("launcher") == "slurm":
+                    subprocess.run(["scancel", t.user_attrs["job_id"]], capture_output=True)
+                mark_cancelled(study, t)
+                log.info(f"trial {t.number}: cancelled job {t.user_attrs['job_id']} "
+                         + ("(queued, not started)" if queued else "(no run directory)"))
+                n += 1
+            else:
+                rd.request_cancel(_run_dir(t))
+                asked.append(t)
+        if asked:
+            log.info(f"asked {len(asked)} running job(s) to save their step and stop (waiting up to {grace_s:.0f} s)")
+        stopped_after = _wait_stopped(asked, grace_s, poll_s)
+        for t in asked:
+            n += _settle_cancelled(spec, study, t, stopped_after.get(t.number), grace_s)
         log.info(f"{n} trial(s) cancelled")
         return n
+
+
+def _run_dir(trial) -> Path:
+    return Path(trial.user_attrs.get("run_dir", ""))
+
+
+def _wait_stopped(trials: list, grace_s: float, poll_s: float) -> dict[int, float]:
+    """Follow the trials' jobs until each has ended, for at most `grace_s`: the seconds after which
+    each was seen ended, by trial number (the ones still running are missing)."""
+    from slurm.cluster import FINAL_STATES
+    from slurm.jobs import ended_since_submit, run_states
+
+    waiting, start, stopped = list(trials), time.time(), {}
+
+    def ended(t, state: str) -> bool:  # a SLURM job the controller does not know: ended if its run says so
+        return state in FINAL_STATES or (state in ("UNKNOWN", "-") and (
+            t.user_attrs.get("launcher") != "slurm" or ended_since_submit(_run_dir(t))))
+
+    while waiting:
+        states = run_states([_run_dir(t) for t in waiting])
+        stopped.update({t.number: time.time() - start for t in waiting if ended(t, states[_run_dir(t)])})
+        waiting = [t for t in waiting if t.number not in stopped]
+        if not waiting or time.time() - start >= grace_s:
+            break
+        time.sleep(poll_s)
+    return stopped
+
+
+def _settle_cancelled(spec: SweepSpec, study, trial, stopped_after: float | None, grace_s: float) -> int:
+    """Tell the study how a trial asked to stop ended: 1 when it is cancelled, 0 when its run had
+    completed (or been pruned) before the request reached it."""
+    from slurm.jobs import ended_since_submit, read_record
+    from sweeps.study import _outcome
+
+    run_dir, job = _run_dir(trial), trial.user_attrs["job_id"]
+    if stopped_after is None:  # it did not stop by itself: the scheduler stops it (the request stays, should it see it)
+        if trial.user_attrs.get("launcher") == "slurm":
+            subprocess.run(["scancel", job], capture_output=True)
+        elif trial.user_attrs.get("launcher") == "local":
+            _interrupt(read_record(run_dir).get("pid"))
+        mark_cancelled(study, trial)
+        log.info(f"trial {trial.number}: cancelled job {job} (it did not stop within {grace_s:.0f} s)")
+        return 1
+    rd.clear_cancel_request(run_dir)
+    outcome, value, reason = _outcome(spec, run_dir) if ended_since_submit(run_dir) else ("FAIL", None, "")
+    if outcome in ("COMPLETE", "PRUNED"):
+        finish(study, trial, outcome, value, reason)
+        log.info(f"trial {trial.number}: job {job} had ended {outcome} before the cancel reached it")
+        return 0
+    mark_cancelled(study, trial)
+    steps = rd.read_summary(run_dir).get(schema.STEPS) if reason == schema.CANCELLED else None
+    log.info(f"trial {trial.number}: cancelled job {job} ("
+             + (f"saved step {steps} and stopped" if steps is not None else f"ended: {reason or 'no summary'}")
+             + f", {stopped_after:.1f} s after the request)")
+    return 1
+
+
+def _interrupt(pid) -> None:
+    """SIGINT to a local executor's job (what submitit's own cancel sends): it stops its tasks."""
+    try:
+        os.kill(int(pid), signal.SIGINT)
+    except (TypeError, ValueError, ProcessLookupError, PermissionError):
+        pass
 
 
 def tensorboard_command(spec: SweepSpec) -> list[str]:

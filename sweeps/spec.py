@@ -333,6 +333,28 @@ def check_data(spec: SweepSpec) -> None:
             raise SpecError(f"{where}/{err.field}", err.message + trial) from None
 
 
+def check_precision(spec: SweepSpec, gpus: bool | None) -> None:
+    """Refuse, before any trial exists, a spec whose trials train in a precision their ranks' device
+    cannot run (fp16 without a GPU: scaling.train.launch.check_precision), naming where it is set.
+    `gpus`: whether the launcher's ranks run on GPUs (None: on this machine)."""
+    from scaling.train.launch import check_precision as check_run_precision
+
+    corners = [dict(zip(spec.search, combo)) for combo in itertools.product(*(s.corners() for s in spec.search.values()))] \
+        if spec.search else [{}]
+    for point in spec.grid:
+        for corner in corners[:64]:
+            params = {**point, **corner}
+            cfg = spec.run_config(params)
+            try:
+                check_run_precision(cfg, gpus)
+            except ConfigError as err:
+                sources = (("grid", point), ("search", spec.search),
+                           (f"per_method.{cfg.method}", spec.per_method.get(cfg.method, {})), ("fixed", spec.fixed))
+                where = next((name for name, keys in sources if err.field in keys), "base")
+                raise SpecError(f"{where}/{err.field}", err.message + (f" (trial {params})" if where in
+                                                                         ("grid", "search") else "")) from None
+
+
 def _check_run_configs(spec: SweepSpec) -> None:
     """Build the RunConfig of every grid point (with each search axis at its bounds)."""
     if spec.pruner.get("type", "none") != "none":

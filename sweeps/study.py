@@ -169,13 +169,25 @@ def not_its_fault(study, trial) -> None:
     set_user_attr(study, trial, "cancelled", True)
 
 
+def mark_cancelled(study, trial) -> None:
+    """Settle a trial that a cancel stopped: FAIL (reason "cancelled"), not its fault, so the next
+    submit reruns it. One that has ended already (its job told the study first) is left as it is."""
+    try:
+        not_its_fault(study, trial)
+    except RuntimeError as err:  # optuna's UpdateFinishedTrialError
+        if "finished" not in str(err).lower():
+            raise
+        return
+    finish(study, trial, "FAIL", reason=schema.CANCELLED)
+
+
 def reconcile(spec: SweepSpec, study) -> list[str]:
     """Settle RUNNING trials whose job has ended, and drop WAITING trials left by a crashed submit.
 
     Returns one line per trial it changed.
     """
     from slurm.cluster import FINAL_STATES
-    from slurm.jobs import read_record, run_states
+    from slurm.jobs import ended_since_submit, read_record, run_states
 
     changed = []
     trials = study.get_trials(deepcopy=False)
@@ -206,6 +218,10 @@ def reconcile(spec: SweepSpec, study) -> list[str]:
         if state not in FINAL_STATES and state != "UNKNOWN":
             continue
         outcome, value, reason = _outcome(spec, run_dir)
+        if reason == schema.CANCELLED and ended_since_submit(run_dir):  # stopped by a cancel request
+            mark_cancelled(study, trial)
+            changed.append(f"trial {trial.number}: job {job} {state} -> cancelled")
+            continue
         if outcome == "FAIL":
             reason = f"job {job} ended {state}: {reason}"
         finish(study, trial, outcome, value, reason)

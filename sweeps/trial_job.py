@@ -62,10 +62,13 @@ class TrialJob(TrainJob):
 
     def _tell(self, study, trial, summary: dict[str, Any], pruned: list[int]) -> None:
         from scaling.train import rundir as rd
-        from sweeps.study import finish
+        from sweeps.study import finish, mark_cancelled
 
         reason = summary.get(schema.END_REASON, "")
         if reason == schema.DEADLINE:  # requeued to continue: the trial stays RUNNING
+            return
+        if reason == schema.CANCELLED:  # `sweep cancel` stopped it: not a failure; the next submit resumes it
+            mark_cancelled(study, trial)
             return
         value = summary.get(schema.FINAL, {}).get(self.metric)
         if pruned:

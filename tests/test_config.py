@@ -2,8 +2,9 @@
 import dataclasses
 
 import pytest
+import yaml
 
-from scaling.config import ConfigError, RunConfig, apply_overrides
+from scaling.config import DEFAULT_STEPS, ConfigError, RunConfig, apply_overrides
 
 
 def test_yaml_round_trip_preserves_every_field(tmp_path):
@@ -64,7 +65,8 @@ def test_overrides_parse_yaml_values_into_nested_sections():
     (["dino.koleo_weight=-0.1"], "dino.koleo_weight", ">= 0"),
     (["dino.distill_weight=-1"], "dino.distill_weight", ">= 0"),
     (["dino.distill_weight=0"], "dino.distill_weight", "one of the two must be > 0"),
-    (["steps=null"], "steps", "exactly one of steps or samples"),
+    (["steps=5", "samples=640"], "steps", "not both"),
+    (["steps=5", "samples=640", "zero_stage=4"], "zero_stage", "0, 1, 2, 3"),  # both set: not the first error
     (["samples=1000"], "samples", "multiple of global_batch"),
     (["data.train_size=100", "micro_batch=64", "world_size=2", "global_batch=128"], "data.train_size", "at least micro_batch"),
 ])
@@ -76,6 +78,43 @@ def test_invalid_values_fail_at_construction_naming_field_and_allowed(overrides,
         RunConfig.load(None, base + overrides)
     assert err.value.field == field
     assert allowed in str(err.value)
+
+
+def test_a_config_without_steps_or_samples_trains_the_default_steps():
+    cfg = RunConfig()
+    assert cfg.steps is None and cfg.samples is None and cfg.total_steps == DEFAULT_STEPS
+    assert cfg.total_samples == DEFAULT_STEPS * cfg.global_batch
+    assert RunConfig.load(None, ["samples=640"]).total_steps == 10 and RunConfig(steps=7).total_steps == 7
+    assert RunConfig.load(None, ["steps=null"]).total_steps == DEFAULT_STEPS
+    assert RunConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_without_steps_a_bad_field_is_named_not_steps():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, ["zero_stage=4"])
+    assert err.value.field == "zero_stage"
+
+
+@pytest.mark.parametrize("text, field", [
+    ("size: [tiny\n", "config"),                                   # unclosed flow sequence
+    ("a: 1\n  b: 2\n", "config"),                                  # bad indentation
+    ('!!python/object/apply:os.system ["true"]\n', "config"),      # no arbitrary objects
+    ('size: !!python/object/apply:os.system ["true"]\n', "config"),
+])
+def test_a_file_that_is_not_yaml_is_a_config_error(tmp_path, text, field):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(path)
+    assert err.value.field == field and "is not valid YAML" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, field", [("size=[", "size"), ("data.frames={a", "data.frames"),
+                                             ("lr=!!python/name:os.system", "lr")])
+def test_an_override_that_is_not_yaml_names_its_key(override, field):
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, [override])
+    assert err.value.field == field and "not a valid YAML value" in str(err.value)
 
 
 def test_bad_override_syntax_and_missing_file_are_clear(tmp_path):

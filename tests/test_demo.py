@@ -12,7 +12,12 @@ def test_the_demo_pipeline_runs_end_to_end_and_a_rerun_only_redoes_the_analysis(
         "grid": [{"method": ["vatt", "dino"], "global_batch": [4, 8]},
                  {"method": ["vatt"], "size": ["micro"]}, {"method": ["vatt"], "drop_rate": [0.5]}],
         "launcher": {"type": "local", "parallelism": 2}}))
-    out = run_cli("demo", "--spec", str(spec), "--launcher", "local", "--bootstrap", "10", timeout=900).stdout
+    done = run_cli("demo", "--spec", str(spec), "--launcher", "local", "--bootstrap", "10", timeout=900)
+    out = done.stdout
+    # A clean exit: the summary and the report's path are the last lines; no traceback on stderr
+    # (submitit's LocalJob.__del__ once printed two at interpreter exit).
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[-3000:]
+    assert out.rstrip().splitlines()[-1].startswith("report: "), out[-500:]
     assert "on submitit's local executor" in out and "watch: tensorboard --logdir" in out
     assert "trials: 6/6 done, 0 running, 0 queued, 0 failed" in out
     assert "| batch 4 | batch 8 |" in out and "scaling exponent vatt" in out and "DropToken 0.5 (nano, batch 8)" in out

@@ -128,4 +128,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="start over: remove the demo sweep's directory first")
     p.add_argument("--out", help="where the report goes (default: <sweep dir>/report)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the fits' intervals")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, imports=("optuna",))  # see scaling.cli.main

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from scaling import draws
 from scaling.data.device import unit_float
 from scaling.validate import ConfigError, integer, number, pair
 
@@ -238,7 +239,8 @@ class MultiCrop:
         # count, so a seed pins every crop regardless of where the batch lives; they are tiny, so
         # bookkeeping happens on the CPU and only the finished parameters move to the batch.
         device = generator.device if generator is not None else torch.device("cpu")
-        values = torch.rand(*shape, generator=generator, device=device, dtype=torch.float64)
+        # Row i is sample i % b's (per sample, keyed by the global sample in training: scaling.draws).
+        values = draws.rand(*shape, generator=generator, device=device, dtype=torch.float64)
         return values if values.device.type == "cpu" else values.cpu()
 
     def _boxes(self, n: int, h: int, w: int, scale: tuple[float, float], gen) -> torch.Tensor:

@@ -50,16 +50,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _run_config(config: str | None, overrides: list[str]):
-    """The RunConfig whose method and data.* the check decodes with. How long a run trains does not
-    matter here, so steps=1 stands in when neither the file nor the overrides say."""
-    from scaling.config import ConfigError, RunConfig
+    """The RunConfig whose method and data.* the check decodes with (how long a run trains does not
+    matter here: without steps or samples it has RunConfig's default)."""
+    from scaling.config import RunConfig
 
-    try:
-        return RunConfig.load(config, overrides)
-    except ConfigError as err:
-        if err.field != "steps":
-            raise
-        return RunConfig.load(config, ["steps=1", *overrides])  # still wrong: the user's own mistake is raised
+    return RunConfig.load(config, overrides)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -106,8 +101,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from scaling.config import ConfigError
     from scaling.data.budget import decode_budget, measure, probe_file, write_probe
-    from scaling.data.corpus import check_paths
+    from scaling.data.loader import check_dataset
     from scaling.describe import describe
+    from scaling.objectives import dataset_options
 
     source = "webdataset" if args.path.endswith((".tar", "}", "-shards.json")) else "manifest"
     cfg = _run_config(args.config, [f"data.source={source}", f"data.path={args.path}", *args.overrides])
@@ -115,7 +111,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         raise ConfigError("data.source", f"a probe decodes videos: got {cfg.data.source!r}; allowed: 'manifest', 'webdataset'")
     if args.windows < 1:
         raise ConfigError("--windows", f"got {args.windows}; must be at least 1")
-    check_paths(cfg.data, splits=("train",))  # before anything is decoded: the path exists and reads
+    # Before anything is timed: the path exists, reads, and its first entry decodes.
+    check_dataset(cfg.data, "train", check_size=False, **dataset_options(cfg, evaluation=False))
     out = Path(args.out) if args.out else probe_file(cfg.data.path)
     if not out.parent.is_dir():
         raise ConfigError("--out", f"{out.parent} is not a folder")

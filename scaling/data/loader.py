@@ -69,13 +69,14 @@ def _dataset(data_cfg, split: str, source: str, modalities, views, require_capti
     return ManifestClips(path, **reader)
 
 
-def check_dataset(data_cfg, split: str, **options) -> None:
-    """Refuse, before any compute, a `split` that cannot be read: a manifest or image folder that is
-    missing, empty or malformed, or whose first entry does not decode (it is decoded as a probe).
+def check_dataset(data_cfg, split: str, *, check_size: bool = True, **options) -> None:
+    """Refuse, before any compute, a `split` that cannot be read: a manifest, shard set or image
+    folder that is missing, empty or malformed, or whose first entry does not decode (it is decoded
+    as a probe); and, with `check_size`, a train split of another size than data.train_size.
     Raises ConfigError naming the field, the file and, for a manifest, the line."""
     if data_cfg.source == "synthetic":
         return
-    check_paths(data_cfg)  # the cheap part first, with the messages `sweep plan` gives
+    check_paths(data_cfg, splits=(split,))  # the cheap part first, with the messages `sweep plan` gives
     field = "data.path" if split == "train" else "data.eval_path"
     try:
         dataset = build_dataset(data_cfg, split, **options)
@@ -93,7 +94,7 @@ def check_dataset(data_cfg, split: str, **options) -> None:
         probe = " (the first entry, decoded as a probe)" if isinstance(err, DecodeError) else ""
         line = f" at line {dataset.entries[0].line}" if isinstance(err, DecodeError) and hasattr(dataset, "entries") else ""
         raise ConfigError(field, f"{err}{line}{probe}") from None
-    if split == "train" and len(dataset) != data_cfg.train_size:
+    if check_size and split == "train" and len(dataset) != data_cfg.train_size:
         # The epoch count, and with it DINO's schedules in epochs, is samples / data.train_size.
         raise ConfigError("data.train_size", f"is {data_cfg.train_size}, but {data_cfg.path} holds {len(dataset)} "
                                              f"clips: set data.train_size={len(dataset)} (epochs are counted with it)")

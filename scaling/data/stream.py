@@ -53,16 +53,18 @@ def shard_list(path) -> tuple[list[Path], list[int]]:
         sidecar = Path(path)
         if not sidecar.is_file():
             raise FileNotFoundError(f"shard list not found: {sidecar}")
-        record = json.loads(sidecar.read_text())
-        shards = [sidecar.parent / s["name"] for s in record["shards"]]
-        counts = [int(s["samples"]) for s in record["shards"]]
+        listed = _read_sidecar(sidecar)
+        shards = [sidecar.parent / name for name, _ in listed]
+        counts = [samples for _, samples in listed]
     else:
         shards = [Path(u) for u in expand_urls(path)]
         counts = None
         candidates = sorted(Path(path).parent.glob(f"*{SIDECAR_SUFFIX}")) if shards else []
         for candidate in candidates:
-            record = json.loads(candidate.read_text())
-            by_name = {s["name"]: int(s["samples"]) for s in record.get("shards", [])}
+            try:
+                by_name = dict(_read_sidecar(candidate))
+            except ValueError:  # another set's broken sidecar: these shards' headers are counted instead
+                continue
             if all(s.name in by_name for s in shards):
                 counts = [by_name[s.name] for s in shards]
                 break
@@ -76,10 +78,28 @@ def shard_list(path) -> tuple[list[Path], list[int]]:
     return shards, counts
 
 
+def _read_sidecar(sidecar: Path) -> list[tuple[str, int]]:
+    """(shard file name, samples) of each shard a PREFIX-shards.json lists; ValueError naming the file
+    when it is no such list."""
+    try:
+        record = json.loads(sidecar.read_text())
+        listed = [(str(s["name"]), int(s["samples"])) for s in record["shards"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        why = f"no {err} key" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{sidecar}: not a shard list written by `scaling data shard` ({why})") from None
+    if any(not name or samples < 0 for name, samples in listed):
+        raise ValueError(f"{sidecar}: not a shard list written by `scaling data shard` (a shard without a name "
+                         "or with a negative sample count)")
+    return listed
+
+
 def _count_samples(shard: Path) -> int:
     """Distinct sample keys in a tar, from its member headers (no member is read)."""
-    with tarfile.open(shard) as tar:
-        return len({name.split("/")[-1].split(".", 1)[0] for name in tar.getnames()})
+    try:
+        with tarfile.open(shard) as tar:
+            return len({name.split("/")[-1].split(".", 1)[0] for name in tar.getnames()})
+    except (tarfile.TarError, OSError) as err:
+        raise ValueError(f"{shard}: not a readable tar shard ({' '.join(str(err).split())})") from None
 
 
 class ShardClips(ClipReader, torch.utils.data.IterableDataset):

@@ -145,8 +145,11 @@ class DINO(nn.Module):
         The tensor lists are re-read each call: ZeRO-3 and the engine's casting replace `.data`.
         """
         fp32_dst, fp32_src, shadows, half_dst, half_src = [], [], [], [], []
+        persistent = []
         for i, (ps, pt) in enumerate(zip(self.student.parameters(), self.teacher.parameters())):
-            src, dst = getattr(ps, "ds_tensor", ps.data), getattr(pt, "ds_tensor", pt.data)
+            src, dst = ema_tensor(ps), ema_tensor(pt)
+            if getattr(pt, "ds_persist", False):
+                persistent.append(pt)
             if dst.dtype == torch.float32:
                 fp32_dst.append(dst)
                 fp32_src.append(src.to(torch.float32))
@@ -163,6 +166,8 @@ class DINO(nn.Module):
                 torch._foreach_add_(dsts, srcs, alpha=1.0 - momentum)
         if half_dst:
             torch._foreach_copy_(half_dst, shadows)
+        for pt in persistent:  # keep the partition (what checkpoints and consolidation read) in step
+            _refresh_partition(pt)
 
     def teacher_fp32_shadows(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """(teacher parameter, this rank's fp32 shadow of it), for every shadowed parameter, in the
@@ -184,13 +189,39 @@ class DINO(nn.Module):
         shadow = {}
         for i, t in state.items():
             i = int(i)
-            dst = getattr(teacher[i], "ds_tensor", teacher[i].data) if 0 <= i < len(teacher) else None
+            dst = ema_tensor(teacher[i]) if 0 <= i < len(teacher) else None
             if dst is None or tuple(dst.shape) != tuple(t.shape):
                 raise ValueError(f"teacher shadow entry {i} of shape {tuple(t.shape)} does not match this "
                                  f"rank's teacher ({'no such parameter' if dst is None else tuple(dst.shape)}); "
                                  "was the checkpoint written with another ZeRO stage or world size?")
             shadow[i] = t.to(device=dst.device, dtype=torch.float32).clone()
         self._teacher_fp32 = shadow
+
+
+def ema_tensor(param: nn.Parameter) -> torch.Tensor:
+    """What the teacher's EMA updates of `param` on this rank: its ZeRO-3 partition (`ds_tensor`),
+    except for a parameter ZeRO-3 keeps whole on every rank (`ds_persist`, below
+    stage3_param_persistence_threshold): the forward reads its full `.data` and never gathers the
+    partition, so the full tensor is averaged (and the partition refreshed from it)."""
+    if getattr(param, "ds_persist", False):
+        return param.data
+    return getattr(param, "ds_tensor", param.data)
+
+
+def _refresh_partition(param: nn.Parameter) -> None:
+    """A persistent ZeRO-3 parameter's partition set from its full value (rank r holds the r-th equal,
+    zero-padded part of the flat parameter)."""
+    import torch.distributed as dist
+
+    part = param.ds_tensor
+    if part.data_ptr() == param.data.data_ptr():  # one rank: the partition is the parameter
+        return
+    group = getattr(param, "ds_process_group", None)
+    rank = dist.get_rank(group) if dist.is_initialized() else 0
+    flat = param.data.detach().reshape(-1)
+    piece = flat[rank * part.numel():(rank + 1) * part.numel()].clone()
+    part.data.view(-1).zero_()
+    part.data.view(-1)[:piece.numel()].copy_(piece)
 
 
 def _set_drop_path(module: nn.Module, p: float) -> None:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The token geometry lives in a torch-free module (scaling.describe counts with it); these names stay here too.
+from scaling import draws
 from scaling.models.geometry import AUDIO_PATCH, VOXEL, kept_tokens
 
 PAD_ID = 0                 # word id used for padding captions
@@ -23,7 +24,7 @@ def drop_tokens(patches: torch.Tensor, pos: torch.Tensor, drop_rate: float) -> t
     """
     b, n, p = patches.shape
     keep = kept_tokens(n, drop_rate)
-    idx = torch.rand(b, n, device=patches.device).argsort(dim=1)[:, :keep]
+    idx = draws.rand(b, n, device=patches.device).argsort(dim=1)[:, :keep]  # per sample (scaling.draws)
     kept = torch.gather(patches, 1, idx.unsqueeze(-1).expand(b, keep, p))
     return kept, pos[idx]
 

@@ -107,5 +107,8 @@ class VATT(nn.Module):
         video_va = self.heads.video_to_va(self.video(video))
         audio_va = self.heads.audio_to_va(self.audio(audio))
         video_vt = self.heads.va_to_vt(video_va)
-        text_vt = self.heads.text_to_vt(self.text(text.reshape(b * k, w))).reshape(b, k, -1)
+        # Captions go caption by caption (row c * b + j is sample j's caption c): each random draw then
+        # covers whole views of the micro-batch, so it is keyed by the global sample (scaling.draws).
+        text_vt = self.heads.text_to_vt(self.text(text.transpose(0, 1).reshape(k * b, w)))
+        text_vt = text_vt.reshape(k, b, -1).transpose(0, 1)
         return {"video_va": video_va, "audio_va": audio_va, "video_vt": video_vt, "text_vt": text_vt}

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from scaling import draws
+
 
 class DropPath(nn.Module):
     """Stochastic depth: drop a whole residual branch per sample, rescaling the survivors."""
@@ -22,8 +24,9 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        # Per sample, keyed by the global sample in training (scaling.draws), torch's RNG otherwise.
+        mask = (draws.rand(x.shape[0], device=x.device) < keep).to(x.dtype)
+        return x * mask.view((x.shape[0],) + (1,) * (x.ndim - 1)) / keep
 
 
 class Attention(nn.Module):

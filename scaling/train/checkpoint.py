@@ -82,7 +82,8 @@ class Checkpoints:
             files = {str(p.relative_to(self.root / tag)): {
                 "size": p.stat().st_size, **({"sha256": _sha256(p)} if p.stat().st_size <= HASH_LIMIT else {})}
                 for p in _files(self.root / tag)}
-            write_json(self.root / tag / MANIFEST, {"step": step, "world_size": dist.get_world_size(), "files": files})
+            write_json(self.root / tag / MANIFEST, {"step": step, "world_size": dist.get_world_size(),
+                                                    "zero_stage": engine.zero_optimization_stage(), "files": files})
             for old in self.complete()[self.keep:]:
                 shutil.rmtree(self.root / _tag(old), ignore_errors=True)
         barrier()
@@ -104,8 +105,6 @@ class Checkpoints:
             manifest = json.loads((folder / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError) as err:
             return f"unreadable manifest ({err})"
-        if manifest.get("world_size") != dist.get_world_size():
-            return f"written by {manifest.get('world_size')} ranks, this run has {dist.get_world_size()}"
         for name, meta in manifest["files"].items():
             path = folder / name
             if not path.is_file():
@@ -116,24 +115,70 @@ class Checkpoints:
                 return f"{name} is corrupt (checksum mismatch)"
         return None
 
-    def load_latest(self, engine) -> tuple[int, dict[str, Any]] | None:
-        """Restore the newest sound checkpoint on every rank; damaged ones are skipped with a message.
+    def manifest(self, step: int) -> dict[str, Any]:
+        return json.loads((self.root / _tag(step) / MANIFEST).read_text())
+
+    def latest_sound(self) -> int | None:
+        """Collective: the step of the newest checkpoint that every rank finds sound (damaged ones
+        are skipped with a message), or None."""
+        for step in self.complete():
+            reason = self.problem(step)
+            if all_true(reason is None):  # all ranks take the same decision
+                return step
+            if dist.get_rank() == 0:
+                log.info("skipping checkpoint %s: %s", _tag(step), reason or "damaged on another rank")
+        return None
+
+    def load(self, engine, step: int, *, universal: bool = False) -> dict[str, Any]:
+        """Restore the checkpoint of `step` on every rank; returns its client state.
 
         The client state carries this rank's RNG states under "rng"; apply them with `set_rng_state`
         right before the first step, so nothing in between can draw from them. This rank's own
         state (`save`'s rank_state), if any was saved, is under "rank".
+
+        `universal`: the checkpoint was written by another number of ranks or at another ZeRO stage
+        (the engine was built with checkpoint.load_universal): rank 0 converts it, every rank loads
+        the conversion, and what it leaves out is restored from the original (scaling.train.reshard).
+        The saved ranks' RNG streams are then not restored ("rng" is absent).
         """
-        for step in self.complete():
-            reason = self.problem(step)
-            if not all_true(reason is None):  # all ranks take the same decision
-                if dist.get_rank() == 0:
-                    log.info("skipping checkpoint %s: %s", _tag(step), reason or "damaged on another rank")
-                continue
+        from scaling.train import reshard
+
+        folder = self.root / _tag(step)
+        if not universal:
             _, client_state = engine.load_checkpoint(str(self.root), tag=_tag(step), load_optimizer_states=True,
                                                      load_lr_scheduler_states=False)
-            folder = self.root / _tag(step)
             client_state["rng"] = torch.load(folder / f"rng_rank{dist.get_rank()}.pt", weights_only=False)
             own = folder / f"state_rank{dist.get_rank()}.pt"
             client_state["rank"] = torch.load(own, weights_only=False) if own.is_file() else {}
-            return step, client_state
-        return None
+            return client_state
+        if dist.get_rank() == 0:
+            reshard.convert(self.root, _tag(step))
+        barrier()
+        # DeepSpeed's ZeRO-3 universal load gives every parameter group the first group's settings;
+        # ours carry their own flags (no weight decay on norms, DINO's frozen last layer): kept as built.
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in engine.optimizer.param_groups]
+        try:
+            _, client_state = engine.load_checkpoint(str(self.root / reshard.UNIVERSAL), tag=_tag(step),
+                                                     load_optimizer_states=True, load_lr_scheduler_states=False)
+            for group, kept in zip(engine.optimizer.param_groups, settings, strict=True):
+                group.update(kept)
+            _unshare_steps(engine.optimizer)
+            reshard.restore_outside_optimizer(engine, folder)
+            client_state["rank"] = reshard.rank_state(folder, int(self.manifest(step)["world_size"]), engine)
+        finally:
+            barrier()
+            if dist.get_rank() == 0:
+                shutil.rmtree(self.root / reshard.UNIVERSAL, ignore_errors=True)
+        client_state.pop("rng", None)
+        return client_state
+
+
+def _unshare_steps(optimizer) -> None:
+    """Give every optimizer state its own step counter. DeepSpeed's ZeRO-3 universal load hands one
+    `step` tensor to all of them, and a fused Adam, which increments each state's counter in place,
+    then advanced it once per state each step: from the second step on, the bias correction was wrong."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for state in getattr(inner, "state", {}).values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
+

@@ -66,7 +66,8 @@ def _teacher_shadows(module: nn.Module) -> dict[int, torch.Tensor]:
     shadows = getattr(module, "teacher_fp32_shadows", None)
     out = {}
     for param, shadow in (shadows() if shadows else []):
-        full = _gather_partition(param, shadow) if hasattr(param, "ds_id") else shadow
+        partitioned = hasattr(param, "ds_id") and not getattr(param, "ds_persist", False)  # persistent: whole
+        full = _gather_partition(param, shadow) if partitioned else shadow
         out[id(param)] = full.detach().float()
     return out
 

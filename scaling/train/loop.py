@@ -1,9 +1,9 @@
 """One-run layer: the one training loop both methods share, on a DeepSpeed engine.
 
 `train` reads top to bottom: set-up (model, engine, data), resume, then per optimizer step: schedules,
-micro-batches (forward, backward), the engine step, what runs once per optimizer step, logging, the
-deadline, evaluation, checkpoints; at the end the final checkpoint, evaluation and weights, and
-summary.json. The run's state on this rank is one `_Run`; each phase is a function of it.
+micro-batches (forward, backward), the engine step, what runs once per optimizer step, logging, a
+cancel request, the deadline, evaluation, checkpoints; at the end the final checkpoint, evaluation
+and weights, and summary.json. The run's state on this rank is one `_Run`; each phase is a function of it.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from scaling import logs
+from scaling import draws, logs
 from scaling.config import ConfigError, RunConfig
 from scaling.data.device import Prefetcher
 from scaling.data.loader import build_dataset, build_loader
-from scaling.describe import describe, resolved_precision
+from scaling.data.windows import mix_seed
+from scaling.describe import describe, engine_zero_stage, resolved_precision
 from scaling.distributed import all_agree, all_true, barrier, from_rank0
 from scaling.eval.evaluate import evaluate
 from scaling.models import build_model
@@ -31,6 +32,7 @@ from scaling.optim import Schedules
 from scaling.schema import (
     BAD_CLIPS,
     BAD_DATA,
+    CANCELLED,
     CHECKPOINTS,
     COMPLETED,
     DATA_SKIPPED,
@@ -48,12 +50,14 @@ from scaling.schema import (
     PLANNED_STEPS,
     RANDOM_INIT,
     SAMPLES_SEEN,
+    SEGMENTS,
     STEPS,
     STOPPED,
     SUMMARY,
     TOTAL_FLOPS,
     WALL_S,
 )
+from scaling.train import reshard
 from scaling.train import rundir as rd
 from scaling.train.bad_clips import BadClips, TooManyBadClips
 from scaling.train.checkpoint import Checkpoints, set_rng_state
@@ -102,11 +106,14 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
 
     `deadline` (a time.time() value, known to rank 0) ends the run early with end_reason
     "deadline" after a checkpoint of the last step: launchers use it to requeue before a time limit.
+    A cancel request in the run directory (`rd.request_cancel`, written by `scaling sweep cancel`)
+    ends it the same way after the step rank 0 sees it, with end_reason "cancelled".
 
     Every rank of the process group calls this; rank 0 alone writes the run directory and logs
     (through `logging`, which `scaling.logs.setup` routes to stdout). `on_eval(step, metrics)` runs
     on rank 0 after each evaluation and may raise StopRun (sweeps use it for pruning).
     """
+    started = time.time()  # cancel requests older than this (and than the job's submission) are stale
     logs.setup()
     run_dir = Path(run_dir)
     rank, world = init_distributed()
@@ -120,6 +127,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
             log.info("%s finished earlier; nothing to do", run_dir)
         return done
     run = _set_up(cfg, run_dir, rank, world, deadline, on_eval)
+    run.started = started
     try:  # from here on, whatever happens ends in summary.json and a closed logger
         _evaluate_random_init(run, baseline_cache)
         if "rng" in run.client:
@@ -127,6 +135,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
         while run.step < cfg.total_steps:
             in_time = _optimizer_step(run)
             _log_step(run)
+            _stop_if_asked(run)
             _stop_for_deadline(run, in_time)
             _evaluate_every(run)
             _checkpoint_every(run)
@@ -179,6 +188,10 @@ class _Run:
     eval_metrics: dict[str, Any] = field(init=False)  # the last evaluation
     baseline: dict[str, Any] = field(init=False)  # the random-init evaluation
     pending: tuple[StepMetrics, dict] | None = None  # the last step's metrics when that step was not logged
+    segments: list[dict[str, int]] = field(default_factory=list)  # each start: its step, world size, ZeRO stage
+    span: draws.Span | None = None  # this rank's rows of a micro-step's samples (scaling.draws)
+    started: float = 0.0  # time.time() when this process began the run (see rd.cancel_requested)
+    cancel: bool = False  # rank 0 found a cancel request after the last step (the same on every rank)
 
     def __post_init__(self) -> None:
         self.step = self.saved = self.start_step
@@ -201,7 +214,7 @@ class _Run:
         self.checkpoints.save(self.engine, self.step,
                               {"objective": self.objective.state_dict(), "wall_s": time.time() - self.wall_start,
                                "eval": self.eval_metrics, "random_init": self.baseline,
-                               "bad_clips": sorted(self.bad.known)}, self.generator,
+                               "bad_clips": sorted(self.bad.known), "segments": self.segments}, self.generator,
                               rank_state=self.objective.rank_state_dict(self.engine))
 
 
@@ -220,10 +233,15 @@ def _set_up(cfg: RunConfig, run_dir: Path, rank: int, world: int, deadline: floa
     ds_config = build_ds_config(cfg, world)
     if rank == 0:
         rd.write_json(run_dir / DS_CONFIG, ds_config)
-    engine, _ = build_engine(cfg, model, ds_config)
-    schedules = Schedules(cfg)
     checkpoints = Checkpoints(run_dir / CHECKPOINTS, keep=2)
-    start_step, client, resumed = _resume(checkpoints, engine, objective, run_dir, rank)
+    latest = checkpoints.latest_sound()
+    universal = latest is not None and _needs_universal(cfg, checkpoints.manifest(latest), world)
+    engine, _ = build_engine(cfg, model, {**ds_config, "checkpoint": {"load_universal": True}} if universal
+                             else ds_config)
+    schedules = Schedules(cfg)
+    start_step, client, resumed = _resume(checkpoints, latest, universal, engine, objective, run_dir, rank)
+    segments = [*client.get("segments", []), {"start_step": start_step, "world_size": world,
+                                              "zero_stage": cfg.zero_stage}]
     logger = rd.MetricsLog(run_dir, start_step if resumed else None) if rank == 0 else None
     loader, per_epoch, clips = _train_loader(cfg, rank, world)
     bad = BadClips(loader.dataset, cfg.data.max_bad_fraction, client.get("bad_clips", ()))
@@ -234,21 +252,37 @@ def _set_up(cfg: RunConfig, run_dir: Path, rank: int, world: int, deadline: floa
     return _Run(cfg=cfg, run_dir=run_dir, rank=rank, deadline=deadline, on_eval=on_eval, generator=generator,
                 engine=engine, objective=objective, schedules=schedules, checkpoints=checkpoints,
                 start_step=start_step, client=client, resumed=resumed, logger=logger, info=info, meter=meter,
-                stream=stream, bad=bad, wall_start=time.time() - float(client.get("wall_s", 0.0)))
+                stream=stream, bad=bad, wall_start=time.time() - float(client.get("wall_s", 0.0)), segments=segments,
+                span=draws.span_of(clips, rank, world, cfg.data.repeats))
 
 
-def _resume(checkpoints: Checkpoints, engine, objective, run_dir: Path, rank: int) -> tuple[int, dict[str, Any], bool]:
-    """The newest sound checkpoint restored into the engine and the objective: (its step, its client
-    state, True), or (0, {}, False) when there is none."""
-    resumed = checkpoints.load_latest(engine)
-    if resumed is None:
+def _needs_universal(cfg: RunConfig, manifest: dict[str, Any], world: int) -> bool:
+    """Whether the checkpoint of `manifest` was written by another number of ranks or at another
+    engine ZeRO stage, and so loads through a universal checkpoint (scaling.train.reshard)."""
+    stage = engine_zero_stage(cfg.zero_stage, resolved_precision(cfg, device_kind()))
+    try:
+        return reshard.needs_universal(int(manifest["world_size"]), manifest.get("zero_stage"), world, stage)
+    except ValueError as err:
+        raise ConfigError("zero_stage", str(err).split(": ", 1)[-1]) from None
+
+
+def _resume(checkpoints: Checkpoints, step: int | None, universal: bool, engine, objective, run_dir: Path,
+            rank: int) -> tuple[int, dict[str, Any], bool]:
+    """The checkpoint of `step` (the newest sound one) restored into the engine and the objective:
+    (its step, its client state, True), or (0, {}, False) when there is none."""
+    if step is None:
         return 0, {}, False
-    start_step, client = resumed
+    client = checkpoints.load(engine, step, universal=universal)
     objective.load_state_dict(client.get("objective", {}))
     objective.load_rank_state_dict(engine, client.get("rank", {}))
     if rank == 0:
-        log.info("resumed from step %d in %s", start_step, run_dir)
-    return start_step, client, True
+        saved = checkpoints.manifest(step)["world_size"]
+        log.info("resumed from step %d in %s", step, run_dir)
+        if universal:
+            log.info("the checkpoint was written by %d rank(s) at ZeRO-%s; continued on %d through a universal "
+                     "checkpoint", saved, checkpoints.manifest(step).get("zero_stage", "?"),
+                     torch.distributed.get_world_size())
+    return step, client, True
 
 
 def _train_loader(cfg: RunConfig, rank: int, world: int):
@@ -312,6 +346,14 @@ def _evaluate_random_init(run: _Run, baseline_cache: Path | None) -> None:
         run.logger.log(0, run.baseline, prefix="eval")
 
 
+def _seed_micro_step(run: _Run, micro_step: int) -> None:
+    """The random streams of global micro-step `micro_step`, the same on every rank and at any world
+    size: torch's (DropToken, stochastic depth; every device's) and the augmentation generator's.
+    Each draw covers the micro-step's whole span, and each rank keeps its samples' rows."""
+    torch.manual_seed(mix_seed(run.cfg.seed, micro_step, 0))
+    run.generator.manual_seed(mix_seed(run.cfg.seed, micro_step, 1))
+
+
 def _optimizer_step(run: _Run) -> bool:
     """One optimizer step: schedules, micro-batches (forward, backward), the engine step, what runs
     once per optimizer step. Returns whether rank 0's deadline still leaves time (the same on every rank)."""
@@ -319,10 +361,13 @@ def _optimizer_step(run: _Run) -> bool:
     run.meter.start()
     scalars = run.schedules.apply(engine.optimizer, step)
     metrics, finite_loss, measured = StepMetrics(cfg.accumulation), True, None
-    for _ in range(cfg.accumulation):
-        loss, micro = run.objective.loss(engine, next(run.stream), step, run.generator)
-        finite_loss = finite_loss & _finite(loss.detach())  # stays on the device
-        engine.backward(loss)
+    for m in range(cfg.accumulation):
+        batch = next(run.stream)
+        _seed_micro_step(run, step * cfg.accumulation + m)
+        with draws.micro_step(run.span):  # every random draw per global sample (scaling.draws)
+            loss, micro = run.objective.loss(engine, batch, step, run.generator)
+            finite_loss = finite_loss & _finite(loss.detach())  # stays on the device
+            engine.backward(loss)
         if engine.is_gradient_accumulation_boundary():
             measured = grad_norm_before_step(engine)
         engine.step()
@@ -331,10 +376,14 @@ def _optimizer_step(run: _Run) -> bool:
     grad_norm = measured if grad_norm is None else grad_norm
     # One host read per optimizer step, after it: a non-finite loss or gradient ends the run
     # before anything of this step is saved (fp16 skips overflowing steps by itself).
-    # The same reduction carries rank 0's deadline, so a run under a time limit pays nothing more.
+    # The same reduction carries rank 0's deadline and whether rank 0 finds a cancel request (one
+    # stat() of the run directory), so neither costs a collective more.
     finite_grad = True if cfg.precision == "fp16" else _finite(grad_norm)
     in_time = run.deadline is None or step + 1 >= cfg.total_steps or not (run.is_main and time.time() >= run.deadline)
-    ok_loss, ok_grad, in_time, no_new_bad = all_agree(finite_loss, finite_grad, in_time, not run.bad.pending)
+    go_on = not (run.is_main and rd.cancel_requested(run.run_dir, run.started))
+    ok_loss, ok_grad, in_time, no_new_bad, go_on = all_agree(finite_loss, finite_grad, in_time,
+                                                             not run.bad.pending, go_on)
+    run.cancel = not go_on
     if not no_new_bad:  # some rank replaced a clip that failed: all learn which (collective)
         try:
             run.bad.merge()
@@ -363,6 +412,18 @@ def _log_step(run: _Run) -> None:
         run.last_metrics = {**metrics.read(), **scalars, **run.meter.stop()}
         run.logger.log(step, run.last_metrics)
         run.pending = None
+
+
+def _stop_if_asked(run: _Run) -> None:
+    """A cancel request (rank 0 saw it, every rank learnt it in the step's reduction): a checkpoint
+    of this step, then every rank leaves the loop; the request is used up."""
+    if not run.cancel:
+        return
+    run.save()
+    if run.is_main:
+        rd.clear_cancel_request(run.run_dir)
+    run.end_reason = CANCELLED
+    raise StopRun(f"a cancel was requested: saved step {run.step}")
 
 
 def _stop_for_deadline(run: _Run, in_time: bool) -> None:
@@ -412,7 +473,7 @@ def _write_summary(run: _Run) -> dict[str, Any]:
     """Rank 0, however the run ended: summary.json, the final evaluation's metrics line and the
     HParams row of a completed run, and the closed logger."""
     cfg, info, step, logger = run.cfg, run.info, run.step, run.logger
-    if run.pending is not None and run.end_reason in (COMPLETED, STOPPED, DEADLINE):
+    if run.pending is not None and run.end_reason in (COMPLETED, STOPPED, DEADLINE, CANCELLED):
         metrics, scalars = run.pending
         run.last_metrics = {**metrics.read(), **scalars}
     if logger and run.eval_metrics and run.end_reason == COMPLETED:
@@ -424,6 +485,7 @@ def _write_summary(run: _Run) -> dict[str, Any]:
         TOTAL_FLOPS: info["flops_per_sample"] * step * cfg.global_batch,
         WALL_S: round(time.time() - run.wall_start, 2), FINAL: {**run.last_metrics, **run.eval_metrics},
         RANDOM_INIT: run.baseline, NEGATIVES_PER_POSITIVE: info["batch"].get("negatives_per_positive"),
+        SEGMENTS: run.segments,
     }
     if run.bad.tracks:
         summary.update({DATA_SKIPPED: run.bad.count, BAD_CLIPS: run.bad.describe()})

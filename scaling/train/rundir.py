@@ -11,11 +11,25 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from scaling.schema import CHECKPOINTS, CONFIG, DS_CONFIG, ENV, HPARAMS_RUN, METRICS, SUMMARY, TB, read_summary
+from scaling.schema import (
+    CANCEL_REQUEST,
+    CHECKPOINTS,
+    CONFIG,
+    DS_CONFIG,
+    ENV,
+    HPARAMS_RUN,
+    JOB_RECORD,
+    METRICS,
+    SUMMARY,
+    TB,
+    read_json,
+    read_summary,
+)
 
 # The file names live in scaling.schema; they are re-exported here (rd.CONFIG, ...) for callers.
 __all__ = [
@@ -30,12 +44,16 @@ __all__ = [
     "TRAINING_ONLY",
     "MetricsLog",
     "atomic_write",
+    "cancel_requested",
+    "clear_cancel_request",
     "environment",
     "git_commit",
     "new_run_dir",
     "prepare",
     "random_init_cache",
     "read_summary",
+    "request_cancel",
+    "submitted_time",
     "write_json",
 ]
 
@@ -73,6 +91,51 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+# ----------------------------------------------------------------------------- cancel requests
+def request_cancel(run_dir: str | Path) -> None:
+    """Ask the job training `run_dir` to save its current step and stop (end_reason "cancelled"):
+    a small file that rank 0 of the loop looks for after every optimizer step."""
+    write_json(Path(run_dir) / CANCEL_REQUEST, {"time": time.time(), "pid": os.getpid(), "host": socket.gethostname()})
+
+
+def clear_cancel_request(run_dir: str | Path) -> None:
+    (Path(run_dir) / CANCEL_REQUEST).unlink(missing_ok=True)
+
+
+def submitted_time(run_dir: str | Path) -> float | None:
+    """When the run's latest job was submitted (its job.json), or None for a run without a launcher."""
+    record = read_json(Path(run_dir) / JOB_RECORD)
+    if isinstance(record.get("submitted_time"), (int, float)):
+        return float(record["submitted_time"])
+    try:
+        return dt.datetime.fromisoformat(record["submitted_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def cancel_requested(run_dir: str | Path, started: float) -> bool:
+    """Whether `run_dir` holds a current cancel request (one stat() when there is none).
+
+    A request is current when written after the run's latest submission (job.json), or, for a run
+    no launcher submitted, after `started` (this process's start). A stale one (left for an earlier
+    job: a resubmitted trial must not stop for it) is ignored and removed. The submission, not the
+    process's start, is what counts under a launcher: a job asked to stop while it was still
+    starting stops at its first step.
+    """
+    path = Path(run_dir) / CANCEL_REQUEST
+    try:
+        written = path.stat().st_mtime
+    except OSError:
+        return False
+    asked = read_json(path).get("time")
+    asked = asked if isinstance(asked, (int, float)) and not isinstance(asked, bool) else written
+    since = submitted_time(run_dir)
+    if asked >= (started if since is None else since):
+        return True
+    path.unlink(missing_ok=True)
+    return False
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
@@ -85,7 +148,7 @@ def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
     """Create the layout and write config.yaml; an existing run directory must hold the same config
     (it is resumed). env.json is written by the process that trains (a submitter skips it: it would
     import torch and DeepSpeed only to describe the wrong machine)."""
-    from scaling.config import ConfigError, RunConfig
+    from scaling.config import RunConfig
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
@@ -93,13 +156,62 @@ def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
     if cfg_path.exists():
         existing = RunConfig.load(cfg_path)
         if existing != cfg:
-            diff = {k: (v, cfg.to_dict()[k]) for k, v in existing.to_dict().items() if cfg.to_dict()[k] != v}
-            raise ConfigError("run_dir", f"{run_dir} holds a run with a different config {diff}; "
-                                         "pick a new --run-dir to start another run")
+            check_resume(existing, cfg, run_dir)
+            atomic_write(cfg_path, cfg.to_yaml())  # resumed on another world size or ZeRO stage
     else:
         atomic_write(cfg_path, cfg.to_yaml())
     if with_environment:
         write_json(run_dir / ENV, environment())
+
+
+def check_resumable(cfg, run_dir: Path) -> None:
+    """What `prepare` refuses, before anything exists: ConfigError (check_resume) when `run_dir`
+    holds a run (config.yaml) that `cfg` may not continue. A launcher calls it before any process
+    group, engine or submission."""
+    from scaling.config import RunConfig
+
+    cfg_path = Path(run_dir) / CONFIG
+    if cfg_path.exists():
+        existing = RunConfig.load(cfg_path)
+        if existing != cfg:
+            check_resume(existing, cfg, run_dir)
+
+
+# What a resumed run may change: how many ranks share each micro-step, and how ZeRO partitions the
+# state (scaling.train.reshard converts the checkpoint).
+RESHARDABLE = ("world_size", "micro_batch", "zero_stage")
+
+
+def check_resume(existing, cfg, run_dir: Path) -> None:
+    """ConfigError unless `cfg` may continue the run of `existing` in `run_dir`: the same config but
+    for RESHARDABLE fields, with micro_batch x world_size unchanged (one micro-step spans the same
+    samples: the data order, VATT's negatives, KoLeo's neighbours and the synchronised BatchNorm
+    statistics depend on it), no move between ZeRO stage 0 and a ZeRO stage, and no WebDataset
+    shards (their split by rank and worker has no counterpart on another number of ranks)."""
+    from scaling.config import ConfigError
+
+    old, new = existing.to_dict(), cfg.to_dict()
+    diff = {k: (v, new[k]) for k, v in old.items() if new[k] != v}
+    if set(diff) - set(RESHARDABLE):
+        raise ConfigError("run_dir", f"{run_dir} holds a run with a different config {diff}; "
+                                     "pick a new --run-dir to start another run")
+    span = existing.micro_batch * existing.world_size
+    if cfg.micro_batch * cfg.world_size != span:
+        fits = span % cfg.world_size == 0
+        raise ConfigError("micro_batch", f"resuming a run of {existing.world_size} rank(s) x micro_batch "
+                          f"{existing.micro_batch} on {cfg.world_size} needs micro_batch x world_size = {span}, "
+                          "the samples one micro-step spans (the data order, VATT's negatives, KoLeo's "
+                          "neighbours and BatchNorm statistics depend on it): "
+                          + (f"micro_batch={span // cfg.world_size}" if fits
+                             else f"{span} does not split over {cfg.world_size} ranks"))
+    if (existing.zero_stage == 0) != (cfg.zero_stage == 0):
+        raise ConfigError("zero_stage", f"got {cfg.zero_stage}; the run was trained at ZeRO-{existing.zero_stage}, "
+                                        "and a checkpoint moves between ZeRO stages 1-3 only (stage 0 keeps a "
+                                        "plain optimizer state)")
+    if cfg.world_size != existing.world_size and cfg.data.source == "webdataset":
+        raise ConfigError("world_size", f"the run reads WebDataset shards split by rank and worker over "
+                                        f"{existing.world_size} rank(s); that order has no counterpart on "
+                                        f"{cfg.world_size} (resume with --nproc {existing.world_size})")
 
 
 # What a run's random-init evaluation does not depend on: how it is trained, not what is built and

@@ -61,7 +61,9 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
 
     wait_for(lambda: all(len(steps_logged(run_dir_of(t))) >= 12 for t in victims), 300,
              "both victims to pass a checkpoint", poll=0.2)
-    subprocess.run(["scancel", *(t["job_id"] for t in victims)], check=True)
+    # SIGKILL at once, to every process of the job: a plain scancel sends SIGTERM, which submitit
+    # ignores, and only kills after KillWait, time enough for a fast machine to finish the 150 steps.
+    subprocess.run(["scancel", "--signal=KILL", "--full", *(t["job_id"] for t in victims)], check=True)
 
     def settled():
         s = sweep_status(path)
@@ -85,28 +87,69 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
     assert "nothing to submit" in run_cli("sweep", "submit", path).stdout
 
 
-def test_cancel_stops_running_trials_and_the_next_submit_reruns_them(cluster, tmp_path):
+def _sound_checkpoints(run_dir):
+    """The steps of the run's checkpoints, each checked against its manifest (sizes and checksums)."""
+    import hashlib
+
+    steps = []
+    for folder in sorted((run_dir / "checkpoints").glob("step_*")):
+        manifest = json.loads((folder / "COMPLETE.json").read_text())
+        for name, meta in manifest["files"].items():
+            data = (folder / name).read_bytes()
+            assert len(data) == meta["size"], (folder, name)
+            assert "sha256" not in meta or hashlib.sha256(data).hexdigest() == meta["sha256"], (folder, name)
+        steps.append(manifest["step"])
+    return steps
+
+
+def _cancel_running(path, run_dir, trial):
+    """`sweep cancel` once the trial trains (two steps past where it started); its output and the
+    seconds from the cancel request to the run's stop, as cancel reports them."""
     from slurm.cluster import job_states
 
+    first = len(steps_logged(run_dir))
+    wait_for(lambda: len(steps_logged(run_dir)) >= first + 2, 300, "the trial to train")
+    out = run_cli("sweep", "cancel", path).stdout
+    assert f"trial {trial['number']}: cancelled job {trial['job_id']} (saved step " in out, out
+    # It stopped by itself (nothing was killed), and cancel waited for its job to end: COMPLETED.
+    assert job_states([trial["job_id"]])[trial["job_id"]] == "COMPLETED"
+    latency = float(re.search(r"stopped, ([\d.]+) s after the request", out).group(1))
+    return out, latency
+
+
+def test_cancel_stops_running_trials_and_the_next_submit_reruns_them(cluster, tmp_path, request):
+    """A trial with 100,000 steps to go stops within seconds of `sweep cancel`: a checkpoint of the
+    step it saw the request at (the only one: checkpoint_every is never reached), end_reason
+    cancelled, its trial CANCELLED. The next submit resumes it from that checkpoint."""
     path = write_spec(tmp_path, grid={"seed": [0]}, launcher=SLURM,
-                      fixed={**FIXED, "steps": 150, "checkpoint_every": 10, "eval.linear_probe": False})
+                      fixed={**FIXED, "steps": 100_000, "checkpoint_every": 50_000, "eval.linear_probe": False,
+                             "eval.random_init": False})
     assert run_cli("sweep", "tensorboard", path).stdout.split() == ["tensorboard", "--logdir",
                                                                      str(tmp_path / "sweep" / "trials")]
+    name = load_spec(path).name
+    request.addfinalizer(lambda: subprocess.run(["scancel", f"--name={name}"], capture_output=True))  # if it fails
     run_cli("sweep", "submit", path)
     trial = sweep_status(path)["trials"][0]
     run_dir = tmp_path / "sweep" / "trials" / trial["run_dir"].split("/")[-1]
-    wait_for(lambda: len(steps_logged(run_dir)) >= 12, 300, "a checkpoint")
-    out = run_cli("sweep", "cancel", path).stdout
-    assert f"trial {trial['number']}: cancelled job {trial['job_id']}" in out
-    wait_for(lambda: job_states([trial["job_id"]])[trial["job_id"]] == "CANCELLED", 120, "the job to be cancelled")
+    _, latency = _cancel_running(path, run_dir, trial)
+    assert latency < 30, latency
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["end_reason"] == "cancelled" and 2 <= summary["steps"] < 100_000
+    assert _sound_checkpoints(run_dir) == [summary["steps"]]
+    assert steps_logged(run_dir) == list(range(1, summary["steps"] + 1))
+    assert not (run_dir / "cancel.request").exists()
     cancelled = sweep_status(path)["trials"][0]
     assert cancelled["state"] == "CANCELLED" and cancelled["end_reason"] == "cancelled"
 
-    out = run_cli("sweep", "submit", path).stdout
+    out = run_cli("sweep", "submit", path).stdout                      # the rerun resumes the checkpoint
     assert len(re.findall(r"^trial \d+: job ", out, re.M)) == 1, out
-    status = wait_for(lambda: (lambda s: s if s["counts"].get("COMPLETE") else None)(sweep_status(path)), 600,
-                      "the rerun", poll=3)
-    assert status["counts"] == {"COMPLETE": 1, "CANCELLED": 1}
-    assert steps_logged(run_dir) == list(range(1, 151))
+    rerun = next(t for t in sweep_status(path)["trials"] if t["state"] == "RUNNING")
+    _cancel_running(path, run_dir, rerun)
     record = json.loads((run_dir / "job.json").read_text())
-    assert "resumed from step" in open(record["stdout"]).read()
+    assert record["job_id"] == rerun["job_id"] and record["history"][0]["job_id"] == trial["job_id"]
+    assert f"resumed from step {summary['steps']} " in open(record["stdout"]).read()
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["end_reason"] == "cancelled" and again["steps"] >= summary["steps"] + 2
+    assert steps_logged(run_dir) == list(range(1, again["steps"] + 1))  # every step logged once
+    assert _sound_checkpoints(run_dir) == [summary["steps"], again["steps"]]
+    assert sweep_status(path)["counts"] == {"CANCELLED": 2}

@@ -2,7 +2,6 @@
 and concurrent submits, and pruning."""
 import json
 import multiprocessing as mp
-import time
 
 import pytest
 from clitools import run_cli
@@ -12,11 +11,11 @@ from sweeps.spec import load_spec, point_key
 from sweeps.study import create_trial, finish, open_study, submit_lock
 
 
-def _finish_at(spec_path: str, number: int, at: float) -> None:
+def _finish_together(spec_path: str, number: int, together) -> None:
     spec = load_spec(spec_path, check_storage=False)
     study = open_study(spec)
     trial = next(t for t in study.get_trials() if t.number == number)
-    time.sleep(max(0.0, at - time.time()))
+    together.wait(120)  # all 8 have opened the study: they finish at once, however slow the start
     finish(study, trial, "COMPLETE", float(number) / 10)
 
 
@@ -26,9 +25,9 @@ def test_eight_trials_finishing_at_the_same_moment_lose_none_and_duplicate_none(
     with submit_lock(spec):
         study = open_study(spec)
         created = [create_trial(spec, study, dict(point)) for point in spec.grid]
-    at = time.time() + 3.0
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_finish_at, args=(path, trial.number, at)) for trial, _ in created]
+    together = ctx.Barrier(len(created))
+    procs = [ctx.Process(target=_finish_together, args=(path, trial.number, together)) for trial, _ in created]
     for p in procs:
         p.start()
     for p in procs:

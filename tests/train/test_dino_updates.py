@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import torch
-from clitools import run_cli
+from clitools import read_metrics, run_cli
 
 COUNT_SCRIPT = """
 import json, sys
@@ -49,6 +49,13 @@ def test_zero3_partitioned_ema_gives_the_same_teacher_as_zero0(tmp_path, tiny):
         weights[stage] = torch.load(run_dir / "model.pt")
     teacher = [k for k in weights[0] if k.startswith("teacher.")]
     assert teacher and set(weights[0]) == set(weights[3])
+    # The teacher the forward reads, not only the one saved: ZeRO-3 keeps small parameters whole on
+    # every rank (stage3_param_persistence_threshold), and an EMA of their partitions alone left the
+    # forward's copy at its initial value (step 2's gradient then differed by ~1e-3).
+    norms = {stage: [m["train/grad_norm"] for m in read_metrics(tmp_path / f"z{stage}") if "train/grad_norm" in m]
+             for stage in (0, 3)}
+    assert len(norms[0]) == 3
+    torch.testing.assert_close(norms[3], norms[0], rtol=2e-5, atol=0)
     moved = 0
     for key in weights[0]:
         torch.testing.assert_close(weights[3][key], weights[0][key], atol=1e-5, rtol=1e-4)
