@@ -33,9 +33,13 @@ SLURM_DIR ?= /tmp/scaling-slurm
 export SLURM_CONF ?= $(SLURM_DIR)/slurm.conf
 export SCALING_PG_URL ?= postgresql://postgres@127.0.0.1:55432/scaling
 
+# Two pytest-xdist workers (the tests that share the SLURM cluster and PostgreSQL run on one of them,
+# one after the other: tests/conftest.py); `make test PYTEST_XDIST=` runs everything in one process.
+PYTEST_XDIST ?= -n 2 --dist loadgroup
+
 test: $(STAMP)
 	@bash tests/services.sh up; \
-	rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS) || rc=$$?; \
 	bash tests/services.sh down; \
 	exit $$rc
 
