@@ -68,9 +68,13 @@ def restore_outside_optimizer(engine, folder: Path) -> None:
     import deepspeed
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        full = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name, lazy_mode=True)
+    whole = folder / "mp_rank_00_model_states.pt"  # ZeRO 0-2: the whole module, frozen parts included
+    if whole.is_file():
+        full = torch.load(whole, map_location="cpu", weights_only=False)["module"]
+    else:  # ZeRO-3: each rank's partitions, joined
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            full = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name, lazy_mode=True)
     module = engine.module
     missing = []
     with torch.no_grad():

@@ -97,10 +97,11 @@ def _assert_same_as_one_rank(tmp_path: Path, run_dir: Path, summary: dict, overr
     assert summary["final"]["knn_top1"] == final["knn_top1"] and summary["final"]["knn_top5"] == final["knn_top5"]
 
 
-def test_a_vatt_zero2_run_of_2_ranks_continues_on_1_as_if_it_had_run_there(tmp_path):
-    overrides = ["steps=6", "checkpoint_every=2", "zero_stage=2", "drop_rate=0.5", "eval.linear_probe=false"]
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_vatt_zero1_or_zero2_run_of_2_ranks_continues_on_1_as_if_it_had_run_there(tmp_path, stage):
+    overrides = ["steps=6", "checkpoint_every=2", f"zero_stage={stage}", "drop_rate=0.5", "eval.linear_probe=false"]
     run_dir, summary = _two_ranks_then_one(tmp_path, overrides)
-    _assert_continued(run_dir, summary, 2)
+    _assert_continued(run_dir, summary, stage)
     _assert_same_as_one_rank(tmp_path, run_dir, summary, overrides)
 
 
