@@ -150,15 +150,11 @@ def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
     import torch and DeepSpeed only to describe the wrong machine)."""
     from scaling.config import RunConfig
 
+    check_resumable(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CHECKPOINTS).mkdir(exist_ok=True)
     cfg_path = run_dir / CONFIG
-    if cfg_path.exists():
-        existing = RunConfig.load(cfg_path)
-        if existing != cfg:
-            check_resume(existing, cfg, run_dir)
-            atomic_write(cfg_path, cfg.to_yaml())  # resumed on another world size or ZeRO stage
-    else:
+    if not cfg_path.exists() or RunConfig.load(cfg_path) != cfg:  # new, or resumed on other ranks/stage
         atomic_write(cfg_path, cfg.to_yaml())
     if with_environment:
         write_json(run_dir / ENV, environment())
