@@ -77,7 +77,7 @@ def _demo_interrupted(spec) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
     print("\ninterrupted: stopping the demo's running jobs", flush=True)
     with indented("  "):
-        commands.cancel(spec)
+        commands.cancel(spec, grace_s=15.0)  # its local jobs got the Ctrl-C too: no long wait
     print(f"the finished runs are kept in {spec.dir}; run the same command again to continue "
           "(unfinished runs resume from their last checkpoint)")
     return 130
