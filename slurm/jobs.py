@@ -26,6 +26,7 @@ from scaling import schema
 from scaling.config import ConfigError, RunConfig
 from scaling.schema import JOB_RECORD
 from scaling.train import rundir as rd
+from scaling.train.engine import build_cpu_comm_op
 from scaling.train.launch import cpu_share
 from scaling.validate import integer
 from slurm.cluster import FINAL_STATES, check_fits, job_states
@@ -221,6 +222,8 @@ def submit(runs: Sequence[tuple[RunConfig, Path]], launcher: str, *, profile: Pr
         raise ConfigError("--run-dir", "two runs of one submission share a run directory")
     if logs is None:
         logs = run_dirs[0] / LOGS if len(runs) == 1 else Path(os.path.commonpath(run_dirs)) / LOGS
+    if launcher != "debug" and not (profile and profile.gpus_per_node):
+        build_cpu_comm_op()  # CPU ranks: compiled once here, not inside a time-limited job
     folder = Path(logs) / "%j"
     executor = make_executor(launcher, folder, profile=profile, res=res, job_name=job_name, parallelism=parallelism)
     for cfg, run_dir in zip((c for c, _ in runs), run_dirs):

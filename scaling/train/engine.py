@@ -26,6 +26,28 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def build_cpu_comm_op() -> None:
+    """DeepSpeed's shared-memory collective op for CPU ranks, JIT-compiled on its first use (about
+    70 s) and cached in ~/.cache/torch_extensions. A launcher builds it here, before any job starts:
+    a SLURM attempt that compiled it would spend its minutes on the build, and one killed mid-build
+    leaves the build's lock file behind, on which every later attempt waits. GPU ranks (the CUDA
+    accelerator) do not use it. A build that fails is left to the job, which reports it."""
+    if torch.cuda.is_available():
+        return
+    import logging
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return
+    try:
+        builder.load(verbose=False)
+    except Exception as err:  # the job's own load names the cause
+        logging.getLogger(__name__).warning(f"could not build DeepSpeed's {builder.NAME} op: {err}")
+
+
 def _template(name: str) -> dict[str, Any]:
     path = DS_CONFIGS / f"{name}.json"
     if not path.is_file():

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import yaml
 from clitools import TINY, read_metrics, run_cli
-from slurmtools import job_id, squeue_ids, steps_logged, wait_final, wait_for
+from slurmtools import job_id, job_states, squeue_ids, steps_logged, wait_final, wait_for
 
 VATT = [*TINY, "method=vatt", "zero_stage=2"]
 
@@ -110,16 +110,23 @@ def test_preemption_requeues_and_resumes_with_every_step_logged_once(cluster, tm
 def test_a_run_past_its_time_limit_is_requeued_and_resumes(cluster, tmp_path):
     profile = tmp_path / "short.yaml"
     # slurmctld checks time limits about every 30 s, so USR2 comes 60-90 s before the 2-minute limit
-    # (30-60 s into each attempt; the run's own deadline is at 60 s). The run (100,000 steps) cannot
-    # finish first on any machine; once requeued and resumed, it is asked to stop.
+    # (30-60 s into the attempt; the run's own deadline is at 60 s). The run (100,000 steps) cannot
+    # finish first on any machine. Once it is requeued, the pending job's limit is raised, so that its
+    # second attempt meets no time limit of its own before the test asks it to stop.
     profile.write_text(yaml.safe_dump({"partition": "local", "tasks_per_node": 2, "mem": "4G", "time": 2,
                                        "signal_delay_s": 60, "max_timeout_requeues": 20}))
     run_dir = tmp_path / "timed_out"
     run_cli("train", *VATT, "steps=100000", "checkpoint_every=25", "log_every=10", "--run-dir", str(run_dir),
             "--launcher", "slurm", "--profile", str(profile), "--nproc", "2")
     job = job_id(run_dir)
+    log_file = run_dir / "logs" / job / f"{job}_0_log.out"
+    wait_for(lambda: log_file.is_file() and any(line in log_file.read_text() for line in
+                                                ("Requeued job", "time limit near: requeuing job")),
+             600, "the job to be requeued before its time limit")
+    wait_for(lambda: job_states([job])[job] == "PENDING", 120, "the requeued job to be pending")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=True)
     _stop_when_resumed(run_dir, job, every=10)
-    log = (run_dir / "logs" / job / f"{job}_0_log.out").read_text()
+    log = log_file.read_text()
     # Requeued by submitit on SLURM's USR2, or, should the signal not come, by the run's own deadline.
     assert ("this job is timed-out" in log and "Requeued job" in log) or "time limit near: requeuing job" in log
 
