@@ -199,11 +199,20 @@ class EvalConfig:
 
 # Defaults that differ by method (None in RunConfig means "the method's default").
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # VATT: Adam, lr 1e-4, no weight decay, warmup + cosine (Akbari et al. 2021).
-    "vatt": dict(lr=1e-4, lr_scaling="none", weight_decay=0.0, weight_decay_end=0.0, clip_grad=0.0),
-    # DINO: lr 5e-4 x B/256, wd cosine 0.04 -> 0.4, clip 3.0 (Caron et al. 2021).
-    "dino": dict(lr=5e-4, lr_scaling="linear", weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0),
+    # VATT (Akbari et al. 2021, the official configs): Adam (eps 1e-7), lr 1e-4, no weight decay,
+    # linear warm-up over 1% of the steps (5k of 500k), then cosine to 5e-5; dropout 0.1, no
+    # stochastic depth, no gradient clipping.
+    "vatt": dict(lr=1e-4, lr_scaling="none", weight_decay=0.0, weight_decay_end=0.0, clip_grad=0.0,
+                 clip_mode="global", warmup_fraction=0.01, min_lr=5e-5, adam_eps=1e-7, dropout=0.1,
+                 drop_path=0.0),
+    # DINO (Caron et al. 2021): AdamW, lr 5e-4 x B/256, wd cosine 0.04 -> 0.4, each parameter's
+    # gradient clipped at norm 3.0, warm-up over 10 of 100 epochs, cosine to 1e-6, stochastic depth
+    # 0.1, no dropout.
+    "dino": dict(lr=5e-4, lr_scaling="linear", weight_decay=0.04, weight_decay_end=0.4, clip_grad=3.0,
+                 clip_mode="per_param", warmup_fraction=0.1, min_lr=1e-6, adam_eps=1e-8, dropout=0.0,
+                 drop_path=0.1),
 }
+CLIP_MODES = ("global", "per_param")
 
 
 @dataclass(frozen=True)
@@ -221,12 +230,15 @@ class RunConfig:
     lr: float | None = None            # base lr at lr_ref_batch; None: the method's default
     lr_scaling: str | None = None      # linear (lr x B/ref) | sqrt | none
     lr_ref_batch: int = 256
-    min_lr: float = 1e-6
-    warmup_fraction: float = 0.1       # of total steps
+    min_lr: float | None = None        # the cosine's end value
+    warmup_fraction: float | None = None  # of total steps
     weight_decay: float | None = None
     weight_decay_end: float | None = None
-    clip_grad: float | None = None     # global-norm clip (0: off)
-    drop_path: float = 0.1             # stochastic depth at the last block
+    adam_eps: float | None = None      # the optimizer's epsilon
+    clip_grad: float | None = None     # gradient-norm clip (0: off)
+    clip_mode: str | None = None       # global: one norm over all parameters | per_param: each parameter's own
+    drop_path: float | None = None     # stochastic depth at the last block
+    dropout: float | None = None       # after every dense layer but qkv, and on the embedded tokens (ViT's rule)
     activation_checkpointing: bool = False  # recompute each transformer block in the backward (memory for ~1/3 more FLOPs)
     seed: int = 0
     zero_stage: int = 0
@@ -265,7 +277,9 @@ class RunConfig:
         integer("lr_ref_batch", self.lr_ref_batch, exclusive_minimum=0)
         for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
             number(name, getattr(self, name), minimum=0)
-        for name in ("warmup_fraction", "drop_path"):
+        number("adam_eps", self.adam_eps, exclusive_minimum=0)
+        choice("clip_mode", self.clip_mode, CLIP_MODES)
+        for name in ("warmup_fraction", "drop_path", "dropout"):
             number(name, getattr(self, name), minimum=0.0, exclusive_maximum=1.0)
         flag("activation_checkpointing", self.activation_checkpointing)
         integer("seed", self.seed, minimum=0)

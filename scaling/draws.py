@@ -11,6 +11,9 @@ same computation; a run resumed on the same ranks needs no saved RNG state to do
 
 Each rank draws W times the numbers it keeps: for DropToken span x tokens floats, a few MB at a
 thousand GPUs, generated on the device in microseconds; the rest is a few numbers per sample.
+Dropout needs a number per activation, too many to draw for the whole span: `uniform_like` draws
+one key per sample (as above) and hashes it with each element's index, so its cost is that of the
+local activations, whatever the world size.
 
 Outside a training micro-step (evaluation, unit tests) `rand` is torch.rand.
 """
@@ -66,3 +69,25 @@ def rand(n: int, *tail: int, generator: torch.Generator | None = None, device=No
                          "cover whole views of the micro-batch")
     x = torch.rand(n // local, span.size, *tail, generator=generator, device=device, dtype=dtype)
     return x[:, span.rows.to(x.device)].reshape(n, *tail)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def uniform_like(x: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) numbers shaped as x (fp32, on x's device), row i a function of sample i's key.
+
+    One key per row comes from `rand` (so per global sample in a micro-step); each element's number
+    is a 32-bit integer hash of (key, element index), in int64 arithmetic whose products stay below
+    2^63: a multiply-xorshift mix with good avalanche, ample for dropout masks. Deterministic given
+    torch's RNG state, so activation checkpointing's replay of that state gives the same numbers.
+    """
+    rows = x.shape[0]
+    keys = (rand(rows, device=x.device, dtype=torch.float64) * 2.0 ** 31).long()
+    index = torch.arange(x[0].numel(), device=x.device, dtype=torch.int64)
+    h = (keys[:, None] * 1000003 + index[None, :]) & _M32
+    for _ in range(2):
+        h = h ^ (h >> 16)
+        h = (h * 0x45D9F3B) & _M32
+    h = h ^ (h >> 16)
+    return (h.to(torch.float32) * (1.0 / 2.0 ** 32)).reshape(x.shape)

@@ -145,8 +145,18 @@ class DINOLoss(nn.Module):
         self._staged_rows += teacher_output.shape[0]
 
     @torch.no_grad()
-    def update_center(self) -> None:
-        """center <- m * center + (1 - m) * mean teacher output over all staged rows of all ranks."""
+    def update_center(self, teacher_output: torch.Tensor | None = None) -> None:
+        """center <- m * center + (1 - m) * mean teacher output over all staged rows of all ranks.
+
+        Called with no argument: forward staged the teacher outputs of every micro-batch since the
+        last update, so under gradient accumulation the centre moves once per optimizer step, on
+        the whole optimizer batch (the official loss updates it inside forward, once per call).
+        The official call form, `update_center(teacher_output)`, is accepted too: the centre then
+        moves on that output alone, and what forward staged is dropped (not counted twice)."""
+        if teacher_output is not None:
+            self._staged_sum.zero_()
+            self._staged_rows = 0
+            self.stage_center(teacher_output)
         if self._staged_rows == 0:
             return
         count = self._staged_sum.new_full((1,), float(self._staged_rows))  # a device fill, not a copy
@@ -158,10 +168,15 @@ class DINOLoss(nn.Module):
 
 
 def cosine_schedule(start: float, end: float, step: float, total: float, warmup: float = 0,
-                    warmup_start: float = 0.0) -> float:
-    """Linear warm-up from warmup_start to start over `warmup` steps, then cosine from start to end."""
+                    warmup_start: float = 0.0, linspace: bool = False) -> float:
+    """Linear warm-up from warmup_start to start over `warmup` steps, then cosine from start to end.
+
+    The warm-up's step s gives warmup_start + (start - warmup_start) * s / warmup, which reaches
+    `start` at step `warmup` (the first cosine step); with linspace, s / (warmup - 1) as DINO's
+    np.linspace(warmup_start, start, warmup), which reaches it on the warm-up's last step."""
     if warmup > 0 and step < warmup:
-        return warmup_start + (start - warmup_start) * step / warmup
+        span = warmup - 1 if linspace else warmup
+        return start if span <= 0 else warmup_start + (start - warmup_start) * step / span
     span = max(total - warmup, 1)
     progress = min(max(step - warmup, 0) / span, 1.0)
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))

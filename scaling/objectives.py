@@ -183,8 +183,9 @@ class DINOObjective:
             global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
             global_frames=geo["global_frames"] if video else None,
             local_frames=geo["local_frames"] if video else None,
-            # No horizontal flip: it mirrors motion, and motion direction is part of a clip's content.
-            p_flip=0.0,
+            # DINO flips half its images. Clips are not flipped: mirroring reverses the motion
+            # direction, and that direction is part of a clip's class.
+            p_flip=0.0 if video else 0.5,
             # DINO's blur sigma (0.1-2 px) is for 224 px crops; keep it the same fraction of the crop.
             blur_sigma=(0.1, max(0.2, 2.0 * geo["global_resolution"] / 224)))
         self.nepochs = max(1, int(round(cfg.epochs)))
@@ -223,10 +224,11 @@ class DINOObjective:
         loss = dino if distill == 1.0 else distill * dino
         extra = {}
         if weight > 0:
-            # DINOv2: KoLeo on the student's CLS features, per global view, within the batch.
-            # The first 2B rows are the global views (local crops of the same shape would follow).
+            # DINOv2: KoLeo on the student's CLS features, per global view within the batch, summed
+            # over the two views (koleo_loss_weight x the sum over the chunks), so a weight means
+            # DINOv2's. The first 2B rows are the global views (local crops of that shape follow).
             globals_ = outs[2].float()[: 2 * crops[0].shape[0]]
-            koleo = sum(koleo_loss(f) for f in globals_.chunk(2)) / 2
+            koleo = sum(koleo_loss(f) for f in globals_.chunk(2))
             extra = {"loss_koleo": koleo.detach()}
             loss = loss + weight * koleo
         if extra or distill != 1.0:

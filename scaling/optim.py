@@ -40,7 +40,8 @@ def make_optimizer(cfg, model: nn.Module) -> torch.optim.AdamW:
     decay starts at its scheduled value of step 0, the lr at peak_lr (benchmarks step this
     optimizer without the schedules)."""
     groups = param_groups(model, weight_decay=Schedules(cfg).weight_decay(0))
-    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=(0.9, 0.999), weight_decay=0.0, fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr, betas=(0.9, 0.999), eps=cfg.adam_eps, weight_decay=0.0,
+                             fused=True)
 
 
 class Schedules:
@@ -56,7 +57,10 @@ class Schedules:
             self.freeze_last_steps = int(round(cfg.dino.freeze_last_layer_epochs * steps_per_epoch))
 
     def lr(self, step: int) -> float:
-        return cosine_schedule(self.cfg.peak_lr, self.cfg.min_lr, step, self.total, self.warmup)
+        # DINO warms up as its np.linspace (the peak on the warm-up's last step); VATT's official
+        # warm-up is step / warmup_steps.
+        return cosine_schedule(self.cfg.peak_lr, self.cfg.min_lr, step, self.total, self.warmup,
+                               linspace=self.cfg.method == "dino")
 
     def weight_decay(self, step: int) -> float:
         return cosine_schedule(self.cfg.weight_decay, self.cfg.weight_decay_end, step, self.total)

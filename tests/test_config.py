@@ -32,6 +32,19 @@ def test_method_defaults_are_resolved_and_written():
     assert "lr: 0.0005" in dino.to_yaml()
 
 
+def test_each_method_defaults_to_its_papers_optimisation():
+    """VATT's official configs: Adam eps 1e-7, lr 1e-4, warm-up over 1% of the steps, cosine to
+    5e-5, dropout 0.1, no stochastic depth, no clipping. DINO's: warm-up 10%, cosine to 1e-6,
+    stochastic depth 0.1, no dropout, each parameter's gradient clipped at 3.0. A set value wins."""
+    vatt, dino = RunConfig(steps=1), RunConfig(method="dino", steps=1)
+    assert (vatt.adam_eps, vatt.lr, vatt.warmup_fraction, vatt.min_lr) == (1e-7, 1e-4, 0.01, 5e-5)
+    assert (vatt.dropout, vatt.drop_path, vatt.clip_grad) == (0.1, 0.0, 0.0)
+    assert (dino.adam_eps, dino.warmup_fraction, dino.min_lr, dino.dropout, dino.drop_path) == (1e-8, 0.1, 1e-6, 0.0, 0.1)
+    assert (dino.clip_grad, dino.clip_mode, vatt.clip_mode) == (3.0, "per_param", "global")
+    mine = RunConfig(steps=1, warmup_fraction=0.1, min_lr=1e-6, dropout=0.0, drop_path=0.1, adam_eps=1e-8)
+    assert (mine.warmup_fraction, mine.min_lr, mine.dropout, mine.drop_path, mine.adam_eps) == (0.1, 1e-6, 0.0, 0.1, 1e-8)
+
+
 @pytest.mark.parametrize("scaling,expected", [("linear", 5e-4 * 2), ("sqrt", 5e-4 * 2 ** 0.5), ("none", 5e-4)])
 def test_lr_batch_scaling_rule(scaling, expected):
     cfg = RunConfig(method="dino", steps=1, global_batch=512, micro_batch=64, lr_scaling=scaling)
@@ -63,6 +76,9 @@ def test_overrides_parse_yaml_values_into_nested_sections():
     (["vatt.audio_size=xl"], "vatt.audio_size", "'nano'"),
     (["dino.local_scale=[0.5, 0.1]"], "dino.local_scale", "0 < lo <= hi <= 1"),
     (["dino.koleo_weight=-0.1"], "dino.koleo_weight", ">= 0"),
+    (["clip_mode=layer"], "clip_mode", "'global', 'per_param'"),
+    (["dropout=1.0"], "dropout", "[0.0, 1.0)"),
+    (["adam_eps=0"], "adam_eps", "> 0"),
     (["dino.distill_weight=-1"], "dino.distill_weight", ">= 0"),
     (["dino.distill_weight=0"], "dino.distill_weight", "one of the two must be > 0"),
     (["steps=5", "samples=640"], "steps", "not both"),

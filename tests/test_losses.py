@@ -51,6 +51,25 @@ def test_dino_centre_update_over_micro_batches_equals_one_update_on_the_optimize
     torch.testing.assert_close(whole.center, 0.9 * 0.5 + 0.1 * t.mean(0, keepdim=True))
 
 
+def test_update_center_also_takes_the_official_call_form_with_the_teacher_output():
+    """The official DINOLoss.update_center(teacher_output) updates the centre from that batch; ours
+    takes no argument and applies what forward staged. Given the teacher output, it uses that
+    alone (what was staged is dropped, so the batch is not counted twice)."""
+    t = torch.randn(6, 8)
+    official, staged = DINOLoss(8, 4, 0.04, 0.04, 0, 10), DINOLoss(8, 4, 0.04, 0.04, 0, 10)
+    official(torch.randn(12, 8), t, 0)           # stages t
+    official.update_center(t)                     # the official form: t once, not twice
+    staged(torch.randn(12, 8), t, 0)
+    staged.update_center()
+    torch.testing.assert_close(official.center, staged.center)
+    torch.testing.assert_close(official.center, 0.1 * t.mean(0, keepdim=True))
+    fresh = DINOLoss(8, 4, 0.04, 0.04, 0, 10)
+    fresh.update_center(2 * t)                   # nothing staged before: the given output alone
+    torch.testing.assert_close(fresh.center, 0.2 * t.mean(0, keepdim=True))
+    official.update_center()                     # nothing staged any more: the centre stays
+    torch.testing.assert_close(official.center, staged.center)
+
+
 def test_teacher_temperature_warms_up_like_dinos_linspace():
     loss_fn = DINOLoss(4, 4, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4, nepochs=10)
     official = [0.04, 0.05, 0.06, 0.07, 0.07, 0.07]  # np.linspace(0.04, 0.07, 4) then constant
@@ -111,6 +130,21 @@ def test_windows_of_one_video_are_left_out_of_each_others_negatives():
     torch.testing.assert_close(nce_loss(x, y, t, torch.arange(b)), nce_loss(x, y, t))
     torch.testing.assert_close(mil_nce_loss(x, yk, t, torch.arange(b)), mil_nce_loss(x, yk, t))
     assert abs(nce_loss(x, y, t, groups).item() - nce_loss(x, y, t).item()) > 1e-3
+
+
+def test_the_linspace_warm_up_reaches_the_peak_on_its_last_step_as_dino():
+    """DINO's cosine_scheduler warms up with np.linspace(start, peak, warmup): the peak on warm-up
+    step warmup - 1, one step earlier than step / warmup; then the cosine over the remaining steps."""
+    import numpy as np
+
+    warmup, total, peak, end = 10, 100, 1.0, 0.01
+    iters = np.arange(total - warmup)
+    official = np.concatenate([np.linspace(0.0, peak, warmup),
+                               end + 0.5 * (peak - end) * (1 + np.cos(np.pi * iters / len(iters)))])
+    ours = [cosine_schedule(peak, end, s, total, warmup, linspace=True) for s in range(total)]
+    np.testing.assert_allclose(ours, official, rtol=1e-12, atol=1e-15)
+    assert cosine_schedule(peak, end, warmup - 1, total, warmup) < peak  # the step / warmup form
+    assert cosine_schedule(peak, end, 0, total, 1, linspace=True) == peak  # one warm-up step: the peak
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_end_value():

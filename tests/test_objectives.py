@@ -58,7 +58,8 @@ def test_dino_teacher_and_centre_move_only_in_after_optimizer_step():
 
 def test_dino_with_koleo_adds_the_weighted_term_on_the_student_global_cls_features():
     """dino.koleo_weight (DINOv2's KoLeo regulariser; 0, plain DINO, by default) adds weight x the
-    mean KoLeo of the student backbone's features of each global view to DINO's loss."""
+    *sum* over the two global views of the KoLeo of the student backbone's features, as DINOv2
+    (`koleo_loss_weight * sum(...)` over the global crops' chunks): a weight means DINOv2's."""
     # No stochastic depth, so the features can be recomputed below.
     plain_cfg = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0"])
     cfg = RunConfig.load(None, SMALL + ["method=dino", "drop_path=0", "dino.koleo_weight=0.5"])
@@ -76,7 +77,7 @@ def test_dino_with_koleo_adds_the_weighted_term_on_the_student_global_cls_featur
     crops = objective.multicrop(_batch()["video"], torch.Generator().manual_seed(0))
     with torch.no_grad():
         feats = model.student.backbone(torch.cat(crops[:2]))
-    expected = sum(koleo_loss(f) for f in feats.chunk(2)).item() / 2
+    expected = sum(koleo_loss(f) for f in feats.chunk(2)).item()
     assert metrics["loss_koleo"] == pytest.approx(expected, rel=1e-4)
     loss.backward()
     assert model.student.backbone.tokenizer.proj.weight.grad is not None
@@ -100,3 +101,12 @@ def test_dino_distill_weight_scales_the_self_distillation_part_only():
     assert alone["loss"] == pytest.approx(0.5 * alone["loss_koleo"], rel=1e-6)
     assert loss.item() == pytest.approx(0.5 * full["loss_koleo"], rel=1e-5)
     assert torch.equal(center, center0) and center.abs().sum() > 0
+
+
+def test_image_dino_flips_half_its_crops_as_dino_and_video_methods_never_flip():
+    """DINO's image augmentation flips horizontally with probability 0.5; clips are not flipped
+    (mirroring reverses the motion direction, part of a clip's class), for video DINO and VATT."""
+    image = build_objective(RunConfig.load(None, SMALL + ["method=dino", "dino.input=image", "data.resolution=64"]))
+    assert image.multicrop.p_flip == 0.5
+    assert build_objective(RunConfig.load(None, SMALL + ["method=dino"])).multicrop.p_flip == 0.0
+    assert build_objective(RunConfig.load(None, SMALL + ["method=vatt"])).augment.p_flip == 0.0

@@ -92,7 +92,8 @@ def _build_vatt(cfg) -> nn.Module:
                 shared_backbone=v.shared_backbone, frames=d.frames, resolution=d.resolution,
                 audio_samples=d.audio_samples, vocab_size=d.vocab_size, word_dim=v.word_dim,
                 max_words=d.max_words, freeze_word_embeddings=v.freeze_word_embeddings,
-                va_dim=v.va_dim, vt_dim=v.vt_dim, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path)
+                va_dim=v.va_dim, vt_dim=v.vt_dim, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path,
+                dropout=cfg.dropout)
 
 
 def _build_dino(cfg) -> nn.Module:
@@ -102,11 +103,11 @@ def _build_dino(cfg) -> nn.Module:
 
     s, d, c = SIZES[cfg.size], cfg.data, cfg.dino
     if c.input == "video":
-        backbone = video_encoder(cfg.size, d.frames, d.resolution, cfg.drop_rate, cfg.drop_path)
+        backbone = video_encoder(cfg.size, d.frames, d.resolution, cfg.drop_rate, cfg.drop_path, dropout=cfg.dropout)
     else:
         backbone = VisionTransformer(patch_size=c.patch_size, img_size=d.resolution, dim=s.width,
                                      depth=s.layers, heads=s.heads, mlp_ratio=s.mlp / s.width,
-                                     drop_path=cfg.drop_path)
+                                     drop_path=cfg.drop_path, dropout=cfg.dropout)
     return DINO(backbone, s.width, out_dim=c.out_dim, hidden_dim=c.hidden_dim,
                 bottleneck_dim=c.bottleneck_dim, norm_last_layer=c.norm_last_layer,
                 fp32_last_layer=c.fp32_last_layer)

@@ -4,12 +4,13 @@ student/teacher pair, on either the shared video backbone or an image ViT.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling.models.vit import DropPath, init_weights
+from scaling.models.vit import DropPath, Dropout, init_weights
 
 
 class WeightNormLinear(nn.Module):
@@ -28,7 +29,9 @@ class WeightNormLinear(nn.Module):
         super().__init__()
         self.fp32 = fp32
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        # nn.Linear's default init (Kaiming-uniform, a = sqrt(5)), drawn as nn.Linear draws it: the
+        # official head creates its last layer after applying the MLP's truncated-normal init.
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,6 +228,7 @@ def _refresh_partition(param: nn.Parameter) -> None:
 
 
 def _set_drop_path(module: nn.Module, p: float) -> None:
+    """Stochastic depth and dropout of every block set to p (0 for the teacher)."""
     for m in module.modules():
-        if isinstance(m, DropPath):
+        if isinstance(m, (DropPath, Dropout)):
             m.p = p

@@ -37,13 +37,21 @@ def _resize_table(table: torch.Tensor, length: int) -> torch.Tensor:
     return resized.squeeze(0).t().to(table.dtype)
 
 
+def pre_projection_of(dim: int, on: bool) -> nn.Module:
+    """The modality-agnostic VATT's per-modality projection into the shared encoder (official
+    uvatt.py: a Dense of the width with GELU after the raw projection, before the positions);
+    identity for the modality-specific VATT and DINO. Per token, so DropToken still commutes."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.GELU()) if on else nn.Identity()
+
+
 class VoxelTokenizer(nn.Module):
     """Video (B, 3, T, H, W) -> tokens from 4x16x16 voxels, with factorised (t + h + w) positions."""
 
-    def __init__(self, dim: int, grid: tuple[int, int, int], channels: int = 3):
+    def __init__(self, dim: int, grid: tuple[int, int, int], channels: int = 3, pre_projection: bool = False):
         super().__init__()
         self.grid = grid
         self.proj = nn.Linear(channels * VOXEL[0] * VOXEL[1] * VOXEL[2], dim)
+        self.pre_proj = pre_projection_of(dim, pre_projection)
         self.pos_t = nn.Parameter(torch.zeros(grid[0], dim))
         self.pos_h = nn.Parameter(torch.zeros(grid[1], dim))
         self.pos_w = nn.Parameter(torch.zeros(grid[2], dim))
@@ -71,15 +79,16 @@ class VoxelTokenizer(nn.Module):
         pos = self.positions(*grid)
         if drop_rate > 0:
             patches, pos = drop_tokens(patches, pos, drop_rate)
-        return self.proj(patches) + pos, None
+        return self.pre_proj(self.proj(patches)) + pos, None
 
 
 class WaveformTokenizer(nn.Module):
     """Raw audio (B, S) -> tokens from 128-sample patches, with learned 1-D positions."""
 
-    def __init__(self, dim: int, num_patches: int):
+    def __init__(self, dim: int, num_patches: int, pre_projection: bool = False):
         super().__init__()
         self.proj = nn.Linear(AUDIO_PATCH, dim)
+        self.pre_proj = pre_projection_of(dim, pre_projection)
         self.pos = nn.Parameter(torch.zeros(num_patches, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
@@ -91,7 +100,7 @@ class WaveformTokenizer(nn.Module):
         pos = _resize_table(self.pos, patches.shape[1])
         if drop_rate > 0:
             patches, pos = drop_tokens(patches, pos, drop_rate)
-        return self.proj(patches) + pos, None
+        return self.pre_proj(self.proj(patches)) + pos, None
 
 
 class WordTokenizer(nn.Module):
@@ -101,15 +110,19 @@ class WordTokenizer(nn.Module):
     Text is never dropped. Padding positions are masked out of attention.
     """
 
-    def __init__(self, dim: int, vocab_size: int, word_dim: int, max_words: int, frozen: bool = True):
+    def __init__(self, dim: int, vocab_size: int, word_dim: int, max_words: int, frozen: bool = True,
+                 pre_projection: bool = False):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=PAD_ID)
         self.embed.weight.requires_grad_(not frozen)
         self.proj = nn.Linear(word_dim, dim)
+        # The modality-agnostic VATT's text pre-projection is a Dense + GELU on the word embedding:
+        # `proj` is that Dense, so only the activation is added.
+        self.pre_proj = nn.GELU() if pre_projection else nn.Identity()
         self.pos = nn.Parameter(torch.zeros(max_words, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, ids: torch.Tensor, drop_rate: float = 0.0):
         del drop_rate  # text is never dropped (VATT)
         pad = ids == PAD_ID
-        return self.proj(self.embed(ids)) + _resize_table(self.pos, ids.shape[1]), pad
+        return self.pre_proj(self.proj(self.embed(ids))) + _resize_table(self.pos, ids.shape[1]), pad

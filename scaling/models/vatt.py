@@ -12,35 +12,50 @@ from scaling.models.tokenizers import AUDIO_PATCH, VOXEL, VoxelTokenizer, Wavefo
 from scaling.models.vit import Transformer
 
 
-def transformer_of(size: str, drop_path: float = 0.0) -> Transformer:
+def transformer_of(size: str, drop_path: float = 0.0, dropout: float = 0.0, cls_token: bool = True) -> Transformer:
     s = SIZES[size]
-    return Transformer(s.layers, s.width, s.heads, s.mlp, drop_path)
+    return Transformer(s.layers, s.width, s.heads, s.mlp, drop_path, dropout, cls_token)
 
 
 class ModalityEncoder(nn.Module):
     """Tokenizer + transformer -> the pooled (aggregation-token) feature.
 
     DropToken applies only in training mode; evaluation always sees every token.
+
+    Over a transformer shared by the modalities (`shared`, the modality-agnostic VATT), the
+    encoder keeps what the official uvatt.py keeps per modality: its own aggregation token (the
+    shared transformer has none), and a post-transformer projection (Dense of the width + GELU) of
+    the pooled feature; its tokenizer carries the pre-transformer projection.
     """
 
-    def __init__(self, tokenizer: nn.Module, transformer: Transformer, drop_rate: float = 0.0):
+    def __init__(self, tokenizer: nn.Module, transformer: Transformer, drop_rate: float = 0.0,
+                 shared: bool = False):
         super().__init__()
         self.tokenizer = tokenizer
         self.transformer = transformer
         self.drop_rate = drop_rate
         self.width = transformer.dim
+        self.agg_token = None
+        self.post_proj = nn.Identity()
+        if shared:
+            self.agg_token = nn.Parameter(torch.zeros(1, 1, self.width))
+            nn.init.trunc_normal_(self.agg_token, std=0.02)
+            self.post_proj = nn.Sequential(nn.Linear(self.width, self.width), nn.GELU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, pad = self.tokenizer(x, self.drop_rate if self.training else 0.0)
-        return self.transformer.pool(tokens, pad)
+        return self.post_proj(self.transformer.pool(tokens, pad, cls=self.agg_token))
 
 
 def video_encoder(size: str, frames: int, resolution: int, drop_rate: float = 0.0,
-                  drop_path: float = 0.0, transformer: Transformer | None = None) -> ModalityEncoder:
-    """The video backbone shared by VATT and video DINO: voxel tokenizer + transformer."""
+                  drop_path: float = 0.0, transformer: Transformer | None = None,
+                  dropout: float = 0.0) -> ModalityEncoder:
+    """The video backbone shared by VATT and video DINO: voxel tokenizer + transformer (a
+    transformer given here is shared with other modalities: see ModalityEncoder)."""
     grid = (frames // VOXEL[0], resolution // VOXEL[1], resolution // VOXEL[2])
-    tx = transformer or transformer_of(size, drop_path)
-    return ModalityEncoder(VoxelTokenizer(tx.dim, grid), tx, drop_rate)
+    shared = transformer is not None
+    tx = transformer or transformer_of(size, drop_path, dropout)
+    return ModalityEncoder(VoxelTokenizer(tx.dim, grid, pre_projection=shared), tx, drop_rate, shared)
 
 
 class FACHeads(nn.Module):
@@ -66,21 +81,23 @@ class VATT(nn.Module):
                  shared_backbone: bool = False, frames: int = 8, resolution: int = 64,
                  audio_samples: int = 4096, vocab_size: int = 65536, word_dim: int = 300, max_words: int = 16,
                  freeze_word_embeddings: bool = True, va_dim: int = 512, vt_dim: int = 256,
-                 drop_rate: float = 0.0, drop_path: float = 0.0):
+                 drop_rate: float = 0.0, drop_path: float = 0.0, dropout: float = 0.0):
         super().__init__()
         audio_size = audio_size or size
         text_size = text_size or size
         if shared_backbone and not (audio_size == text_size == size):
             raise ValueError("the modality-agnostic VATT shares one encoder, so audio_size and text_size "
                              f"must equal size={size!r} (got {audio_size!r}, {text_size!r})")
-        shared = transformer_of(size, drop_path) if shared_backbone else None
+        shared = transformer_of(size, drop_path, dropout, cls_token=False) if shared_backbone else None
         self.shared_backbone = shared_backbone
-        self.video = video_encoder(size, frames, resolution, drop_rate, drop_path, shared)
-        audio_tx = shared or transformer_of(audio_size, drop_path)
-        self.audio = ModalityEncoder(WaveformTokenizer(audio_tx.dim, audio_samples // AUDIO_PATCH), audio_tx, drop_rate)
-        text_tx = shared or transformer_of(text_size, drop_path)
+        self.video = video_encoder(size, frames, resolution, drop_rate, drop_path, shared, dropout)
+        audio_tx = shared or transformer_of(audio_size, drop_path, dropout)
+        self.audio = ModalityEncoder(WaveformTokenizer(audio_tx.dim, audio_samples // AUDIO_PATCH, shared_backbone),
+                                     audio_tx, drop_rate, shared_backbone)
+        text_tx = shared or transformer_of(text_size, drop_path, dropout)
         self.text = ModalityEncoder(
-            WordTokenizer(text_tx.dim, vocab_size, word_dim, max_words, freeze_word_embeddings), text_tx)
+            WordTokenizer(text_tx.dim, vocab_size, word_dim, max_words, freeze_word_embeddings, shared_backbone),
+            text_tx, shared=shared_backbone)
         self.heads = FACHeads(self.video.width, self.audio.width, self.text.width, va_dim, vt_dim)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:

@@ -29,14 +29,30 @@ class DropPath(nn.Module):
         return x * mask.view((x.shape[0],) + (1,) * (x.ndim - 1)) / keep
 
 
+class Dropout(nn.Module):
+    """Dropout (in training mode) whose mask is keyed by the global sample (`draws.uniform_like`), so
+    a run is the same computation on any number of ranks, as with every other random draw."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        return x * (draws.uniform_like(x) < keep).to(x.dtype) / keep
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, dropout: float = 0.0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.proj_drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, queries: int | None = None) -> torch.Tensor:
         """queries: only the first `queries` tokens ask (all tokens still serve as keys and values)."""
@@ -47,29 +63,33 @@ class Attention(nn.Module):
         # The fused kernel picks flash / memory-efficient / math by device and dtype.
         # mask: (B, 1, 1, N) booleans, True where a key may be attended to.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
+    dropout: after every dense layer but the qkv map (the attention's output projection, both MLP
+    layers), as ViT (Dosovitskiy et al.) on which VATT builds; no dropout on attention weights."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, mlp_hidden)
+        self.mlp = Mlp(dim, mlp_hidden, dropout)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cls_only: bool = False) -> torch.Tensor:
@@ -106,15 +126,20 @@ class Transformer(nn.Module):
 
     activation_checkpointing: bool = False
 
-    def __init__(self, depth: int, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0):
+    def __init__(self, depth: int, dim: int, heads: int, mlp_hidden: int, drop_path: float = 0.0,
+                 dropout: float = 0.0, cls_token: bool = True):
         super().__init__()
         self.dim = dim
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Without its own CLS token (the modality-agnostic VATT), each call passes the caller's.
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
         # Linearly increasing stochastic depth, as in DeiT/DINO.
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_hidden, r) for r in rates)
+        # Dropout (ViT's rule): on the embedded tokens, positions added, and in every block.
+        self.pos_drop = Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_hidden, r, dropout) for r in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(init_weights)
 
     def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
@@ -122,6 +147,7 @@ class Transformer(nn.Module):
         last = len(self.blocks) - 1
         # Eval and no_grad (the DINO teacher, evaluation) save no activations: nothing to recompute.
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
+        x = self.pos_drop(x)
         for i, block in enumerate(self.blocks):
             cls_only = pooled and i == last
             if recompute:
@@ -136,8 +162,8 @@ class Transformer(nn.Module):
                 x = block(x, mask, cls_only=cls_only)
         return self.norm(x)
 
-    def _with_cls(self, tokens: torch.Tensor, pad: torch.Tensor | None):
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+    def _with_cls(self, tokens: torch.Tensor, pad: torch.Tensor | None, cls: torch.Tensor | None = None):
+        cls = (self.cls_token if cls is None else cls).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
         mask = None
         # Always mask when a pad is given, even if nothing is padded (an all-True mask attends as no
         # mask does): testing pad.any() on the host would make a GPU wait for that read every step.
@@ -146,15 +172,18 @@ class Transformer(nn.Module):
             mask = keep[:, None, None, :]
         return torch.cat([cls, tokens], dim=1), mask
 
-    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, pooled: bool = False) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, pooled: bool = False,
+                cls: torch.Tensor | None = None) -> torch.Tensor:
         """pad: optional (B, N) booleans, True for padding tokens that no query may attend to.
-        pooled: return only the CLS row (B, 1, D)."""
-        return self.run_blocks(*self._with_cls(tokens, pad), pooled=pooled)
+        pooled: return only the CLS row (B, 1, D). cls: the (1, 1, D) aggregation token to prepend
+        in place of this transformer's own."""
+        return self.run_blocks(*self._with_cls(tokens, pad, cls), pooled=pooled)
 
-    def pool(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(self, tokens: torch.Tensor, pad: torch.Tensor | None = None,
+             cls: torch.Tensor | None = None) -> torch.Tensor:
         """The pooled (CLS) feature (B, D): forward(tokens, pad)[:, 0] at less cost. It goes
         through the module call, so ZeRO-3 gathers cls_token as for forward."""
-        return self(tokens, pad, pooled=True)[:, 0]
+        return self(tokens, pad, pooled=True, cls=cls)[:, 0]
 
 
 class PatchEmbed(nn.Module):
@@ -177,8 +206,8 @@ class VisionTransformer(Transformer):
     """
 
     def __init__(self, *, patch_size: int = 16, img_size: int = 224, dim: int = 384, depth: int = 12,
-                 heads: int = 6, mlp_ratio: float = 4.0, drop_path: float = 0.0):
-        super().__init__(depth, dim, heads, int(dim * mlp_ratio), drop_path)
+                 heads: int = 6, mlp_ratio: float = 4.0, drop_path: float = 0.0, dropout: float = 0.0):
+        super().__init__(depth, dim, heads, int(dim * mlp_ratio), drop_path, dropout)
         self.patch_embed = PatchEmbed(patch_size, dim)
         grid = img_size // patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))

@@ -213,8 +213,8 @@ def check_resume(existing, cfg, run_dir: Path) -> None:
 # What a run's random-init evaluation does not depend on: how it is trained, not what is built and
 # evaluated (weights come from `seed`, the architecture, and the data geometry).
 TRAINING_ONLY = ("global_batch", "micro_batch", "steps", "samples", "lr", "lr_scaling", "lr_ref_batch",
-                 "weight_decay", "weight_decay_end", "clip_grad", "warmup_fraction", "min_lr", "drop_rate",
-                 "drop_path", "zero_stage", "offload", "world_size", "checkpoint_every", "log_every",
+                 "weight_decay", "weight_decay_end", "clip_grad", "clip_mode", "warmup_fraction", "min_lr",
+                 "adam_eps", "drop_rate", "drop_path", "dropout", "zero_stage", "offload", "world_size", "checkpoint_every", "log_every",
                  "activation_checkpointing")
 
 

@@ -47,3 +47,25 @@ def test_build_model_passes_fp32_last_layer():
     assert build_model(RunConfig.load(None, args)).student.head.last_layer.fp32
     model = build_model(RunConfig.load(None, [*args, "dino.fp32_last_layer=false"]))
     assert not model.student.head.last_layer.fp32 and not model.teacher.head.last_layer.fp32
+
+
+def test_the_last_layer_keeps_nn_linears_default_init_as_the_official_head():
+    """The official DINOHead applies its truncated-normal init to the MLP, then creates the
+    weight-normed last layer, which so keeps nn.Linear's default (Kaiming-uniform) init, and sets
+    its gain to 1. Built the official way from the same seed, the weights are the same."""
+    from torch import nn
+
+    from scaling.models.vit import init_weights
+
+    torch.manual_seed(0)
+    ours = DINOHead(64, 4096, hidden_dim=128, bottleneck_dim=32)
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.GELU(), nn.Linear(128, 32))
+    mlp.apply(init_weights)
+    last = nn.Linear(32, 4096, bias=False)
+    for a, b in zip(ours.mlp.parameters(), mlp.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(ours.last_layer.weight_v, last.weight)
+    assert torch.equal(ours.last_layer.weight_g, torch.ones(4096, 1))
+    bound = 1 / 32 ** 0.5  # Kaiming-uniform with a=sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), not std 0.02
+    assert ours.last_layer.weight_v.abs().max() <= bound and ours.last_layer.weight_v.std() > 0.1

@@ -67,14 +67,38 @@ def test_vatt_outputs_live_in_the_two_common_spaces():
 
 
 def test_modality_agnostic_variant_shares_one_encoder():
+    """As the official uvatt.py: one shared transformer, and per modality its own aggregation token,
+    a pre-transformer projection (Dense + GELU on the raw projection; for words, the projection of
+    the 300-d embedding is that Dense) and a post-transformer projection (Dense + GELU)."""
     ma = VATT(size="nano", shared_backbone=True, vocab_size=1000)
     ms = VATT(size="nano", shared_backbone=False, vocab_size=1000)
     assert ma.video.transformer is ma.audio.transformer is ma.text.transformer
+    assert ma.video.transformer.cls_token is None  # the modalities' own tokens replace it
+    tokens = [ma.video.agg_token, ma.audio.agg_token, ma.text.agg_token]
+    assert len({t.data_ptr() for t in tokens}) == 3 and all(t.shape == (1, 1, 128) for t in tokens)
+    d = 128
     n_ma = sum(p.numel() for p in ma.parameters())
     n_ms = sum(p.numel() for p in ms.parameters())
     n_tx = sum(p.numel() for p in ms.audio.transformer.parameters())
-    assert n_ms - n_ma == 2 * n_tx
+    extra = 3 * d + 2 * (d * d + d) + 3 * (d * d + d)  # 3 agg tokens, 2 pre-projections, 3 post
+    assert n_ms - n_ma == 2 * n_tx + d - extra     # the transformer's own CLS token is not built
     ma(*_inputs())  # each modality still runs separately through the shared encoder
+    # By hand, for audio: pre-projection before the positions, the modality's token, post-projection.
+    ma.eval()
+    _, audio, _ = _inputs()
+    enc = ma.audio
+    with torch.no_grad():
+        tok = enc.tokenizer
+        x = torch.nn.functional.gelu(tok.pre_proj[0](tok.proj(audio.reshape(4, -1, 128)))) + tok.pos
+        x = torch.cat([enc.agg_token.expand(4, -1, -1), x], dim=1)
+        for block in enc.transformer.blocks:
+            x = block(x)
+        pooled = enc.transformer.norm(x)[:, 0]
+        expected = torch.nn.functional.gelu(enc.post_proj[0](pooled))
+        torch.testing.assert_close(enc(audio), expected, rtol=1e-5, atol=1e-5)
+        words = _inputs()[2][:, 0]
+        t = ma.text.tokenizer
+        assert torch.equal(t(words)[0], torch.nn.functional.gelu(t.proj(t.embed(words))) + t.pos[:16])
     with pytest.raises(ValueError, match="audio_size and text_size"):
         VATT(size="nano", audio_size="tiny", shared_backbone=True)
 
@@ -114,3 +138,38 @@ def test_pooled_encoders_equal_the_full_transformer_cls_row(train):
         pooled = enc.transformer.pool(tokens, pad)
         assert pooled.shape == full.shape == (4, 128)
         torch.testing.assert_close(pooled, full, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_dropout_acts_in_training_only_keyed_by_the_sample_and_never_in_the_dino_teacher():
+    """dropout (VATT's 0.1): after the dense layers but qkv and on the embedded tokens, in training
+    mode only; its mask is keyed by the global sample (scaling.draws), so the rows a rank holds draw
+    what they draw on one rank. DINO's teacher never drops."""
+    from scaling import draws
+    from scaling.models.dino import DINO
+    from scaling.models.vit import Dropout
+
+    torch.manual_seed(0)
+    plain = VATT(size="nano", frames=8, resolution=32, audio_samples=1024, vocab_size=100, max_words=6)
+    torch.manual_seed(0)
+    dropped = VATT(size="nano", frames=8, resolution=32, audio_samples=1024, vocab_size=100, max_words=6, dropout=0.1)
+    assert sum(isinstance(m, Dropout) and m.p == 0.1 for m in dropped.video.modules()) == 1 + 2 * len(dropped.video.transformer.blocks)
+    video = torch.rand(4, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval().encode_video(video), plain.eval().encode_video(video))
+        dropped.train()
+        torch.manual_seed(1)
+        a = dropped.encode_video(video)
+        torch.manual_seed(1)
+        assert torch.equal(a, dropped.encode_video(video))       # a function of the RNG state
+        assert not torch.allclose(a, plain.train().encode_video(video), atol=1e-3)
+    x = torch.ones(8, 5, 7)
+    torch.manual_seed(2)
+    with draws.micro_step(draws.span_of(8, 0, 1)):
+        whole = draws.uniform_like(x)
+    assert 0.4 < whole.mean() < 0.6 and whole.unique().numel() > 250
+    for rank in (0, 1):  # rank r holds samples r, r + 2, ... of the same span
+        torch.manual_seed(2)
+        with draws.micro_step(draws.span_of(4, rank, 2)):
+            assert torch.equal(draws.uniform_like(x[:4]), whole[rank::2])
+    teacher = DINO(video_encoder("nano", 8, 32, dropout=0.1), 128, out_dim=64, hidden_dim=32, bottleneck_dim=16).teacher
+    assert all(m.p == 0 for m in teacher.modules() if isinstance(m, Dropout))
