@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scaling.models.vit import DropPath, Dropout, init_weights
+from scaling.models.vit import Dropout, DropPath, init_weights
 
 
 class WeightNormLinear(nn.Module):

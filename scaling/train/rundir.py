@@ -214,8 +214,8 @@ def check_resume(existing, cfg, run_dir: Path) -> None:
 # evaluated (weights come from `seed`, the architecture, and the data geometry).
 TRAINING_ONLY = ("global_batch", "micro_batch", "steps", "samples", "lr", "lr_scaling", "lr_ref_batch",
                  "weight_decay", "weight_decay_end", "clip_grad", "clip_mode", "warmup_fraction", "min_lr",
-                 "adam_eps", "drop_rate", "drop_path", "dropout", "zero_stage", "offload", "world_size", "checkpoint_every", "log_every",
-                 "activation_checkpointing")
+                 "adam_eps", "drop_rate", "drop_path", "dropout", "zero_stage", "offload", "world_size",
+                 "checkpoint_every", "log_every", "activation_checkpointing")
 
 
 def random_init_cache(cfg, folder: Path) -> Path:

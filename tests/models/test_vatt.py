@@ -152,7 +152,8 @@ def test_dropout_acts_in_training_only_keyed_by_the_sample_and_never_in_the_dino
     plain = VATT(size="nano", frames=8, resolution=32, audio_samples=1024, vocab_size=100, max_words=6)
     torch.manual_seed(0)
     dropped = VATT(size="nano", frames=8, resolution=32, audio_samples=1024, vocab_size=100, max_words=6, dropout=0.1)
-    assert sum(isinstance(m, Dropout) and m.p == 0.1 for m in dropped.video.modules()) == 1 + 2 * len(dropped.video.transformer.blocks)
+    blocks = len(dropped.video.transformer.blocks)
+    assert sum(isinstance(m, Dropout) and m.p == 0.1 for m in dropped.video.modules()) == 1 + 2 * blocks
     video = torch.rand(4, 3, 8, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(dropped.eval().encode_video(video), plain.eval().encode_video(video))
