@@ -214,23 +214,31 @@ class VisionTransformer(Transformer):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.embed_dim = dim
 
-    def interpolate_pos_encoding(self, gh: int, gw: int) -> torch.Tensor:
-        """Position embeddings for a gh x gw grid, bicubically resized from the trained grid."""
+    def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an h x w pixel input, computed as official DINO does: the table
+        as it is when the input is square with the trained patch count; otherwise the trained grid
+        resized bicubically by the scale factor ((h // p + 0.1) / side, (w // p + 0.1) / side). The
+        0.1 keeps the output size from rounding down; a scale factor (not a target size) gives
+        different sample positions, by up to ~6e-3 at 96 px."""
+        p = self.patch_embed.patch_size
+        gh, gw = h // p, w // p
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
         n = patch_pos.shape[1]
-        side = math.isqrt(n)
-        if side * side == n and (gh, gw) == (side, side):
+        if gh * gw == n and h == w:
             return self.pos_embed
+        side = math.isqrt(n)
         grid = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False).to(patch_pos.dtype)
+        grid = F.interpolate(grid.float(), scale_factor=((gh + 0.1) / side, (gw + 0.1) / side),
+                             mode="bicubic", align_corners=False).to(patch_pos.dtype)
+        if grid.shape[-2:] != (gh, gw):
+            raise ValueError(f"position embeddings resized to {tuple(grid.shape[-2:])}, not the {gh}x{gw} patch grid")
         return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
 
     def _embed_and_run(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
         b, _, h, w = x.shape
-        p = self.patch_embed.patch_size
         patches = self.patch_embed(x)
         cls = self.cls_token.expand(b, -1, -1).to(patches.dtype)
-        x = torch.cat([cls, patches], dim=1) + self.interpolate_pos_encoding(h // p, w // p)
+        x = torch.cat([cls, patches], dim=1) + self.interpolate_pos_encoding(h, w)
         return self.run_blocks(x, pooled=pooled)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:

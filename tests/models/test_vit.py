@@ -72,13 +72,36 @@ def test_two_builds_with_the_same_weights_give_identical_outputs_and_the_dino_fu
     torch.testing.assert_close(out_a, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_position_embeddings_interpolate_to_other_resolutions():
+def _official_interpolation(pos_embed, npatch, w, h, patch):
+    """facebookresearch/dino's interpolate_pos_encoding, written from its formula: its (w, h) are the
+    input's dims 2 and 3, and the grid is resized by a scale factor with 0.1 added to each side."""
+    n = pos_embed.shape[1] - 1
+    if npatch == n and w == h:
+        return pos_embed
+    side = math.sqrt(n)
+    w0, h0 = w // patch + 0.1, h // patch + 0.1
+    grid = pos_embed[:, 1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=(w0 / side, h0 / side), mode="bicubic")
+    assert grid.shape[-2:] == (int(w0), int(h0))
+    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])], dim=1)
+
+
+@pytest.mark.parametrize("h, w", [(96, 96), (160, 128), (128, 160), (480, 480), (224, 224), (64, 224)])
+def test_position_embeddings_interpolate_as_official_dino_does(h, w):
     model = vit_tiny(patch_size=16).eval()
     with torch.no_grad():
-        tokens = model.tokens(torch.randn(1, 3, 96, 128))
-    assert tokens.shape == (1, 1 + 6 * 8, 192)
-    # At the trained resolution the table is used as it is.
-    assert model.interpolate_pos_encoding(14, 14) is model.pos_embed
+        ours = model.interpolate_pos_encoding(h, w)
+        official = _official_interpolation(model.pos_embed, (h // 16) * (w // 16), h, w, 16)
+        tokens = model.tokens(torch.randn(1, 3, h, w))
+    assert ours.shape == official.shape == (1, 1 + (h // 16) * (w // 16), 192)
+    torch.testing.assert_close(ours, official, atol=1e-5, rtol=0)
+    assert tokens.shape == (1, 1 + (h // 16) * (w // 16), 192)
+    if (h, w) == (224, 224):  # at the trained resolution the table is used as it is
+        assert ours is model.pos_embed
+    else:  # a target-size resize (what we did before) samples elsewhere
+        size = F.interpolate(model.pos_embed[:, 1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2),
+                             size=(h // 16, w // 16), mode="bicubic").permute(0, 2, 3, 1).reshape(1, -1, 192)
+        assert (size - official[:, 1:]).abs().max() > 1e-4
 
 
 def test_tokens_go_through_the_module_call_and_their_cls_row_is_the_feature():

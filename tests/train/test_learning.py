@@ -14,7 +14,7 @@ from clitools import read_metrics, run_cli
 CONFIGS = Path(__file__).resolve().parents[2] / "scaling" / "configs"
 
 
-@pytest.mark.parametrize("method, overrides", [("vatt", []), ("dino", ["dino.koleo_weight=1.0"])],
+@pytest.mark.parametrize("method, overrides", [("vatt", []), ("dino", ["dino.koleo_weight=0.5"])],
                          ids=["vatt", "dino+koleo"])
 def test_a_short_run_learns_the_class_beyond_random_init(tmp_path, method, overrides):
     run_dir = tmp_path / method
