@@ -312,6 +312,9 @@ class RunConfig:
                                              "allowed for method=vatt: 'synthetic', 'manifest'")
         if self.method == "dino" and self.dino.input == "video" and self.data.source == "images":
             raise ConfigError("dino.input", "data.source='images' has no clips; set dino.input='image'")
+        if self.method == "dino" and self.dino.input == "image" and self.drop_rate > 0:
+            raise ConfigError("drop_rate", f"got {self.drop_rate}; the image ViT (dino.input='image') does not drop "
+                                           "tokens: DropToken is for the voxel backbone (dino.input='video')")
         if self.method == "dino":
             self._check_dino_crops()
         if self.method == "vatt" and self.vatt.shared_backbone and \

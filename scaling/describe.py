@@ -53,19 +53,32 @@ def video_grid(frames: int, resolution: int) -> int:
     return (frames // VOXEL[0]) * (resolution // VOXEL[1]) * (resolution // VOXEL[2])
 
 
+def _encoder_forward(tokens: int, fan_in: int, size: Size, shared: bool, sequences: int = 1) -> tuple[int, int]:
+    """Forward FLOPs of one modality encoder (tokenizer, blocks, and under the shared backbone the
+    per-modality pre-projection on every token and post-projection on the pooled row), for
+    `sequences` sequences of `tokens` each; and the raw projection's share, whose input needs no
+    gradient."""
+    d = size.width
+    raw = sequences * linear_flops(tokens, fan_in, d)
+    projections = sequences * (linear_flops(tokens, d, d) + linear_flops(1, d, d)) if shared else 0
+    return raw + projections + sequences * transformer_flops(size, tokens), raw
+
+
 def _vatt_costs(cfg: RunConfig) -> dict[str, Any]:
     d, v = cfg.data, cfg.vatt
     sv, sa, st = SIZES[cfg.size], SIZES[v.audio_size or cfg.size], SIZES[v.text_size or cfg.size]
     nv_full, na_full = video_grid(d.frames, d.resolution), d.audio_samples // AUDIO_PATCH
     nv, na = kept_tokens(nv_full, cfg.drop_rate), kept_tokens(na_full, cfg.drop_rate)
     nt, k = d.max_words, d.captions
-    tok_v = linear_flops(nv, VOXEL_DIM, sv.width)
-    tok_a = linear_flops(na, AUDIO_PATCH, sa.width)
-    tok_t = linear_flops(nt * k, v.word_dim, st.width)
+    shared = v.shared_backbone
+    fwd_v, raw_v = _encoder_forward(nv, VOXEL_DIM, sv, shared)
+    fwd_a, raw_a = _encoder_forward(na, AUDIO_PATCH, sa, shared)
+    # Text's pre-projection is its word projection with a GELU (no extra matmul).
+    fwd_t, raw_t = _encoder_forward(nt, v.word_dim, st, False, sequences=k)
+    if shared:
+        fwd_t += k * linear_flops(1, st.width, st.width)
     blocks_v, blocks_a, blocks_t = transformer_flops(sv, nv), transformer_flops(sa, na), k * transformer_flops(st, nt)
-    video = _train(tok_v + blocks_v, tok_v)
-    audio = _train(tok_a + blocks_a, tok_a)
-    text = _train(tok_t + blocks_t, tok_t)
+    video, audio, text = _train(fwd_v, raw_v), _train(fwd_a, raw_a), _train(fwd_t, raw_t)
     heads = _train(linear_flops(1, sv.width, v.va_dim) + linear_flops(1, v.va_dim, v.va_dim)
                    + linear_flops(1, sa.width, v.va_dim) + linear_flops(1, v.va_dim, v.vt_dim)
                    + linear_flops(k, st.width, v.vt_dim))
@@ -75,7 +88,8 @@ def _vatt_costs(cfg: RunConfig) -> dict[str, Any]:
         "flops": {"video": video, "audio": audio, "text": text, "heads": heads, "loss": loss},
         "tokens": {"video": nv, "audio": na, "text": nt * k,
                    "video_full": nv_full, "audio_full": na_full},
-        "eval_flops_per_sample": tok_v + transformer_flops(sv, nv_full),
+        # Evaluation never drops: the whole clip's tokens, tokenizer included.
+        "eval_flops_per_sample": _encoder_forward(nv_full, VOXEL_DIM, sv, shared)[0],
         "block_forward_flops": blocks_v + blocks_a + blocks_t,
         # (tokens, width, layers) of each transformer call; the K captions run as one batch.
         "encoders": [(nv, sv.width, sv.layers), (na, sa.width, sa.layers), (nt * k, st.width, st.layers)],
@@ -93,7 +107,8 @@ def _dino_costs(cfg: RunConfig) -> dict[str, Any]:
         n_global = (geo["global_resolution"] // c.patch_size) ** 2
         n_local = (geo["local_resolution"] // c.patch_size) ** 2
         patch_dim = 3 * c.patch_size ** 2
-    # Only the student drops tokens; the teacher sees whole global crops.
+    # Only the student drops tokens; the teacher sees whole global crops. (The image ViT never
+    # drops: the config refuses drop_rate > 0 with dino.input='image'.)
     sg, sl = kept_tokens(n_global, cfg.drop_rate), kept_tokens(n_local, cfg.drop_rate)
     # Image ViT's positions are interpolated per crop; CLS takes part like every other token.
     tok = lambda n: linear_flops(n, patch_dim, s.width)  # noqa: E731

@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from scaling.config import RunConfig
+from scaling.config import ConfigError, RunConfig
 from scaling.describe import describe, model_state_bytes
 from scaling.losses import DINOLoss, mil_nce_loss, nce_loss
 from scaling.models import build_model, crop_geometry
@@ -37,11 +37,17 @@ def vatt_step(cfg):
     return run
 
 
+def _crop(cfg, geo, which):
+    r = geo[f"{which}_resolution"]
+    if cfg.dino.input == "image":
+        return torch.rand(B, 3, r, r)
+    return torch.rand(B, 3, geo[f"{which}_frames"], r, r)
+
+
 def dino_step(cfg):
     model = build_model(cfg).train()
     geo = crop_geometry(cfg)
-    crops = [torch.rand(B, 3, geo["global_frames"], geo["global_resolution"], geo["global_resolution"])] * 2
-    crops += [torch.rand(B, 3, geo["local_frames"], geo["local_resolution"], geo["local_resolution"])] * cfg.dino.local_crops
+    crops = [_crop(cfg, geo, "global")] * 2 + [_crop(cfg, geo, "local")] * cfg.dino.local_crops
     loss_fn = DINOLoss(cfg.dino.out_dim, len(crops), 0.04, 0.04, 0, 1)
 
     def run():
@@ -56,6 +62,7 @@ def dino_step(cfg):
     ["method=vatt", "size=nano", "drop_rate=0.75", "vatt.shared_backbone=true"],
     ["method=dino", "size=nano", "drop_rate=0.0"],
     ["method=dino", "size=micro", "drop_rate=0.5", "dino.local_crops=2"],
+    ["method=dino", "size=nano", "dino.input=image", "dino.patch_size=16", "data.resolution=64"],
 ])
 def test_analytic_flops_agree_with_the_flop_counter_within_5_percent(overrides):
     cfg = RunConfig.load(None, ["steps=1", f"global_batch={B}", f"micro_batch={B}", "data.vocab_size=1000",
@@ -83,6 +90,37 @@ def test_droptoken_halves_video_and_audio_tokens_and_the_counted_forward_flops_f
     analytic_ratio = d_half["flops_per_sample_by_part"]["video"] / d_full["flops_per_sample_by_part"]["video"]
     assert 0.45 < f_half / f_full < 0.55           # half the tokens: about half the FLOPs (tokenizer included)
     assert abs(f_half / f_full - analytic_ratio) < 0.02
+
+
+@pytest.mark.parametrize("overrides", [
+    ["method=vatt", "drop_rate=0.0"],
+    ["method=vatt", "drop_rate=0.5"],
+    ["method=vatt", "drop_rate=0.5", "vatt.shared_backbone=true"],
+    ["method=dino", "drop_rate=0.5"],
+    ["method=dino", "dino.input=image", "dino.patch_size=16", "data.resolution=64"],
+])
+def test_eval_flops_count_every_token_of_the_whole_clip_whatever_the_training_drop(overrides):
+    """Evaluation embeds whole clips (or images): the counted FLOPs of the evaluation backbone's
+    forward match eval_flops_per_sample, tokenizer included, at any training DropToken rate."""
+    cfg = RunConfig.load(None, ["steps=1", f"global_batch={B}", f"micro_batch={B}", "size=micro",
+                                "data.vocab_size=1000", "dino.out_dim=1024", *overrides])
+    model = build_model(cfg).eval()
+    d = cfg.data
+    if cfg.method == "dino" and cfg.dino.input == "image":
+        x = torch.rand(B, 3, d.resolution, d.resolution)
+    else:
+        x = torch.rand(B, 3, d.frames, d.resolution, d.resolution)
+    with torch.no_grad():
+        encode = model.encode_video if cfg.method == "vatt" else model.encode
+        measured = counted_flops(lambda: encode(x))
+    analytic = describe(cfg)["eval_flops_per_sample"] * B
+    assert abs(analytic / measured - 1) < 0.02, (analytic, measured)
+
+
+def test_droptoken_on_the_image_vit_is_refused():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, ["method=dino", "dino.input=image", "drop_rate=0.5"])
+    assert err.value.field == "drop_rate"
 
 
 def test_params_are_split_by_part_and_sum_to_the_model():

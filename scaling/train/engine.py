@@ -80,8 +80,8 @@ def build_ds_config(cfg, world_size: int, device: str | None = None) -> dict[str
         "train_batch_size": cfg.micro_batch * cfg.accumulation * world_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch,
         "gradient_accumulation_steps": cfg.accumulation,
-        # DeepSpeed clips on the global norm (DINO clips per parameter); one rule for both methods.
-        "gradient_clipping": float(cfg.clip_grad),
+        # DeepSpeed clips the global norm; per_param (DINO's rule) is ours (scaling.train.clipping).
+        "gradient_clipping": float(cfg.clip_grad) if cfg.clip_mode == "global" else 0.0,
     })
     return ds
 

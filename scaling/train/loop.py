@@ -61,6 +61,7 @@ from scaling.train import reshard
 from scaling.train import rundir as rd
 from scaling.train.bad_clips import BadClips, TooManyBadClips
 from scaling.train.checkpoint import Checkpoints, set_rng_state
+from scaling.train.clipping import clip_per_parameter
 from scaling.train.consolidate import save_consolidated
 from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
 from scaling.train.throughput import Throughput
@@ -354,6 +355,14 @@ def _seed_micro_step(run: _Run, micro_step: int) -> None:
     run.generator.manual_seed(mix_seed(run.cfg.seed, micro_step, 1))
 
 
+def _clip_or_measure(cfg: RunConfig, engine):
+    """At the accumulation boundary, before engine.step(): per-parameter clipping (which measures
+    the global norm as it goes), or the norm for engines that do not report one."""
+    if cfg.clip_mode == "per_param" and cfg.clip_grad > 0:
+        return clip_per_parameter(engine, cfg.clip_grad)
+    return grad_norm_before_step(engine)
+
+
 def _optimizer_step(run: _Run) -> bool:
     """One optimizer step: schedules, micro-batches (forward, backward), the engine step, what runs
     once per optimizer step. Returns whether rank 0's deadline still leaves time (the same on every rank)."""
@@ -369,10 +378,11 @@ def _optimizer_step(run: _Run) -> bool:
             finite_loss = finite_loss & _finite(loss.detach())  # stays on the device
             engine.backward(loss)
         if engine.is_gradient_accumulation_boundary():
-            measured = grad_norm_before_step(engine)
+            measured = _clip_or_measure(cfg, engine)
         engine.step()
         metrics.add(micro)
-    grad_norm = engine.get_global_grad_norm()
+    # Under per_param the norm before clipping is our own (the engine's would be after it).
+    grad_norm = None if cfg.clip_mode == "per_param" and measured is not None else engine.get_global_grad_norm()
     grad_norm = measured if grad_norm is None else grad_norm
     # One host read per optimizer step, after it: a non-finite loss or gradient ends the run
     # before anything of this step is saved (fp16 skips overflowing steps by itself).
