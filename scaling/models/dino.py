@@ -141,7 +141,9 @@ class DINO(nn.Module):
         Under ZeRO-3 each parameter is partitioned (`ds_tensor`); the teacher's parameters have the
         same shapes as the student's, hence the same partitioning, so each rank updates its own
         partition and nothing is gathered. With 16-bit parameters the average is kept in an fp32
-        shadow: a 0.4% step of a bf16 value would round away.
+        shadow: a 0.4% step of a bf16 value would round away. Its source is then the student's fp32
+        master weights wherever this rank holds them whole for what it averages (`student_fp32_master`),
+        and the 16-bit student elsewhere.
 
         The ops are `mul_(m)` then `add_(src, alpha=1 - m)`, as the per-parameter loop was: the same
         rounding, bit for bit (`lerp_` computes dst + w * (src - dst), which rounds differently).
@@ -160,9 +162,10 @@ class DINO(nn.Module):
             shadow = self._teacher_fp32.get(i)
             if shadow is None or shadow.shape != dst.shape:
                 shadow = self._teacher_fp32[i] = dst.float()
+            master = student_fp32_master(ps)
             shadows.append(shadow)
             half_dst.append(dst)
-            half_src.append(src.float())
+            half_src.append(src.float() if master is None else master.view_as(shadow))
         for dsts, srcs in ((fp32_dst, fp32_src), (shadows, half_src)):
             if dsts:
                 torch._foreach_mul_(dsts, momentum)
@@ -209,6 +212,38 @@ def ema_tensor(param: nn.Parameter) -> torch.Tensor:
     if getattr(param, "ds_persist", False):
         return param.data
     return getattr(param, "ds_tensor", param.data)
+
+
+def student_fp32_master(param: nn.Parameter) -> torch.Tensor | None:
+    """The optimizer's fp32 master of what the teacher's EMA reads of `param` on this rank (laid out
+    as `ema_tensor(param)`), where the engine keeps one whole here; None where it does not, and the
+    EMA averages the 16-bit student instead:
+
+    - ZeRO-3, a partitioned parameter: the local fp32 partition, which is the same slice of the flat
+      parameter as its `ds_tensor` (DeepSpeed's grad_position: partition_numel elements per rank).
+    - ZeRO-1/2 and DeepSpeed's BF16_Optimizer on one rank: the fp32 fragment is the whole parameter.
+    - Otherwise None: with more than one rank those engines partition the fp32 master over the ranks
+      while the teacher is whole on each, so a rank holds only some parameters' masters (or a piece
+      of one), and averaging those where present would make the ranks' teachers differ; the teacher
+      would have to be partitioned and gathered every step to use them. A persistent ZeRO-3 parameter
+      (kept whole, `ds_persist`) has the same problem: its master is partitioned, its EMA is whole.
+    """
+    if hasattr(param, "ds_id"):
+        if getattr(param, "ds_persist", False) or not param.requires_grad:
+            return None
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        master = safe_get_local_fp32_param(param)
+        return master if master is not None and master.numel() == param.ds_tensor.numel() else None
+    mapping = getattr(param, "_hp_mapping", None)
+    if mapping is None:
+        return None
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return None
+    master = mapping.hp_fragment
+    return master if master.numel() == param.numel() and master.dtype == torch.float32 else None
 
 
 def _refresh_partition(param: nn.Parameter) -> None:
