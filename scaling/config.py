@@ -59,6 +59,7 @@ class DataConfig:
     decoder: str = "torchcodec"        # torchcodec | pyav: the manifest's video decoder (BENCHMARKS.md)
     max_bad_fraction: float = 0.01     # a run stops when more of its clips than this fail to decode
     shuffle_buffer: int = 1000         # webdataset: samples in each worker's seeded shuffle buffer (0/1: none)
+    p_flip: float | None = None        # training's horizontal-flip probability; None: flip_probability()
     persistent_workers: bool = True    # keep the loader's workers between epochs (and evaluations)
     prefetch_factor: int = 2           # batches each worker prepares ahead
     pin_memory: bool | None = None     # pinned host memory for asynchronous copies; None: when on CUDA
@@ -83,6 +84,8 @@ class DataConfig:
         choice("data.decoder", self.decoder, DECODERS)
         number("data.max_bad_fraction", self.max_bad_fraction, minimum=0.0, maximum=1.0)
         integer("data.shuffle_buffer", self.shuffle_buffer, minimum=0)
+        if self.p_flip is not None:
+            number("data.p_flip", self.p_flip, minimum=0.0, maximum=1.0)
         flag("data.persistent_workers", self.persistent_workers)
         integer("data.prefetch_factor", self.prefetch_factor, minimum=1)
         integer("data.repeats", self.repeats, minimum=1)
@@ -461,3 +464,13 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             node = child
         node[parts[-1]] = value
     return out
+
+
+def flip_probability(cfg) -> float:
+    """Training's horizontal-flip probability: data.p_flip when set; otherwise DINO's 0.5, except for
+    clips of the synthetic data, whose class includes the motion direction (and whose captions and
+    audio name it), which a mirror would reverse: 0 there."""
+    if cfg.data.p_flip is not None:
+        return cfg.data.p_flip
+    clips = cfg.method == "vatt" or cfg.dino.input == "video"
+    return 0.0 if clips and cfg.data.source == "synthetic" else 0.5

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from scaling import draws
-from scaling.config import MODALITIES
+from scaling.config import MODALITIES, flip_probability
 from scaling.data.augment import MultiCrop, normalize
 from scaling.data.device import send
 from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
@@ -119,12 +119,12 @@ class VATTObjective:
     def __init__(self, cfg, world_size: int = 1):
         self.cfg = cfg
         self.negatives_per_positive = negatives_per_positive(cfg.micro_batch, world_size, same_video_masked(cfg))
-        # VATT's video augmentation: random resized crop and colour jitter; no blur/solarise. No
-        # horizontal flip: it would mirror the motion direction that the audio and captions name.
+        # VATT's video augmentation: random resized crop, horizontal flip (not on the synthetic
+        # clips, whose class, audio and captions include the motion direction: flip_probability)
+        # and colour jitter; no blur/solarise. No hue shift: the HSV round trip is the costliest op
+        # on a CPU and VATT's colour cue is weak.
         r = cfg.data.resolution
-        # No flip: mirroring reverses the motion direction, which is part of the class. No hue
-        # shift: the HSV round trip is the costliest op on a CPU and VATT's colour cue is weak.
-        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_flip=0.0, hue=0.0, p_gray=0.0,
+        self.augment = MultiCrop(r, r, 0, global_scale=(0.4, 1.0), p_flip=flip_probability(cfg), hue=0.0, p_gray=0.0,
                                  p_blur=(0.0, 0.0, 0.0), p_solarize=(0.0, 0.0, 0.0))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
@@ -183,9 +183,8 @@ class DINOObjective:
             global_scale=tuple(c.global_scale), local_scale=tuple(c.local_scale),
             global_frames=geo["global_frames"] if video else None,
             local_frames=geo["local_frames"] if video else None,
-            # DINO flips half its images. Clips are not flipped: mirroring reverses the motion
-            # direction, and that direction is part of a clip's class.
-            p_flip=0.0 if video else 0.5,
+            # DINO flips half its images; the synthetic clips are not flipped (flip_probability).
+            p_flip=flip_probability(cfg),
             # DINO's blur sigma (0.1-2 px) is for 224 px crops; keep it the same fraction of the crop.
             blur_sigma=(0.1, max(0.2, 2.0 * geo["global_resolution"] / 224)))
         self.nepochs = max(1, int(round(cfg.epochs)))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from scaling.config import RunConfig
+from scaling.config import ConfigError, RunConfig
 from scaling.data.synthetic import SyntheticClips
 from scaling.losses import koleo_loss
 from scaling.models import build_model
@@ -103,10 +103,24 @@ def test_dino_distill_weight_scales_the_self_distillation_part_only():
     assert torch.equal(center, center0) and center.abs().sum() > 0
 
 
-def test_image_dino_flips_half_its_crops_as_dino_and_video_methods_never_flip():
-    """DINO's image augmentation flips horizontally with probability 0.5; clips are not flipped
-    (mirroring reverses the motion direction, part of a clip's class), for video DINO and VATT."""
+def test_image_dino_flips_half_its_crops_as_dino_and_the_synthetic_clips_are_never_flipped():
+    """DINO's image augmentation flips horizontally with probability 0.5, and so do both methods on a
+    real corpus's clips; the synthetic clips are not flipped (mirroring reverses the motion
+    direction, part of their class), for video DINO and VATT; data.p_flip sets it explicitly."""
+    from types import SimpleNamespace
+
+    from scaling.config import flip_probability
+
     image = build_objective(RunConfig.load(None, SMALL + ["method=dino", "dino.input=image", "data.resolution=64"]))
     assert image.multicrop.p_flip == 0.5
     assert build_objective(RunConfig.load(None, SMALL + ["method=dino"])).multicrop.p_flip == 0.0
     assert build_objective(RunConfig.load(None, SMALL + ["method=vatt"])).augment.p_flip == 0.0
+    for method in ("vatt", "dino"):
+        cfg = RunConfig.load(None, SMALL + [f"method={method}"])
+        real = SimpleNamespace(method=method, dino=cfg.dino, data=SimpleNamespace(source="manifest", p_flip=None))
+        assert flip_probability(real) == 0.5
+        objective = build_objective(RunConfig.load(None, SMALL + [f"method={method}", "data.p_flip=0.25"]))
+        assert (objective.augment if method == "vatt" else objective.multicrop).p_flip == 0.25
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(None, SMALL + ["data.p_flip=1.5"])
+    assert err.value.field == "data.p_flip"
