@@ -123,7 +123,11 @@ def _fit_text(name: str, fit: dict) -> str:
 
 
 ARMS = {
-    "vatt": "VATT: contrastive video-audio NCE and video-text MIL-NCE",
+    "vatt": "VATT: contrastive video-audio NCE and video-text MIL-NCE (the official SymmetricNCE)",
+    "vatt+asymmetric": ("VATT with the official AsymmetricNCE: both directions of each pair in one joint "
+                        "softmax denominator (vatt.loss = asymmetric)"),
+    "vatt+sigmoid": ("VATT with SigLIP's pairwise sigmoid loss and its learnable scale and bias "
+                     "(vatt.loss = sigmoid): no softmax over the batch"),
     "dino": "plain DINO: self-distillation with a centred, sharpened EMA teacher, nothing else",
     "dino+koleo": ("DINO plus DINOv2's KoLeo term (dino.koleo_weight × the nearest-neighbour entropy estimate "
                    "on the student's global-view CLS features): a different objective from plain DINO, "

@@ -48,9 +48,13 @@ def baseline_column(metric: str) -> str | None:
 def arm(cfg: dict[str, Any]) -> str | None:
     """The compared arm a run belongs to: its method, except that DINO with DINOv2's KoLeo term on
     (dino.koleo_weight > 0) is its own arm, "dino+koleo", never pooled with plain DINO, and KoLeo
-    with the self-distillation loss off (dino.distill_weight = 0, an ablation) is "koleo"."""
+    with the self-distillation loss off (dino.distill_weight = 0, an ablation) is "koleo"; VATT with
+    a loss other than the default symmetric NCE is "vatt+asymmetric" or "vatt+sigmoid"."""
     method = cfg.get("method")
     dino = cfg.get("dino") or {}
+    loss = (cfg.get("vatt") or {}).get("loss") or "nce"
+    if method == "vatt" and loss != "nce":
+        return f"vatt+{loss}"
     if method == "dino" and (dino.get("koleo_weight") or 0) > 0:
         return "koleo" if dino.get("distill_weight", 1.0) == 0 else "dino+koleo"
     return method
@@ -59,7 +63,7 @@ def arm(cfg: dict[str, Any]) -> str | None:
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: its axes, cost, final and best metrics, wall time and state.
 
-    `method` is the run's arm (see `arm`): vatt, dino, dino+koleo or koleo."""
+    `method` is the run's arm (see `arm`): vatt, vatt+asymmetric, vatt+sigmoid, dino, dino+koleo or koleo."""
     cfg = yaml.safe_load((run_dir / schema.CONFIG).read_text()) or {}
     summary = schema.read_summary(run_dir)
     row: dict[str, Any] = {"run_dir": str(run_dir), "run": run_dir.name}

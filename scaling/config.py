@@ -99,6 +99,9 @@ class DataConfig:
             raise ConfigError("data.audio_samples", f"got {self.audio_samples}; must be a multiple of the 128-sample patch")
 
 
+VATT_LOSSES = ("nce", "asymmetric", "sigmoid")
+
+
 @dataclass(frozen=True)
 class VATTConfig:
     """VATT-specific choices; the video backbone size is the run's `size`."""
@@ -113,9 +116,11 @@ class VATTConfig:
     word_dim: int = 300                # word2vec-sized embeddings
     freeze_word_embeddings: bool = True
     mask_same_video: bool = True       # data.repeats > 1: a video's windows are not each other's negatives
+    loss: str = "nce"                  # nce (SymmetricNCE) | asymmetric (AsymmetricNCE) | sigmoid (SigLIP)
 
     def validate(self) -> None:
         flag("vatt.mask_same_video", self.mask_same_video)
+        choice("vatt.loss", self.loss, VATT_LOSSES)
         for name in ("audio_size", "text_size"):
             value = getattr(self, name)
             if value is not None:

@@ -67,6 +67,58 @@ def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
     return 0.5 * (x_to_y.mean() + y_to_x.mean())
 
 
+def _bag(y: torch.Tensor) -> torch.Tensor:
+    return y[:, None] if y.dim() == 2 else y
+
+
+def asymmetric_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
+                        groups: torch.Tensor | None = None) -> torch.Tensor:
+    """The official VATT code's AsymmetricNCE (its default for the FAC model): x (B, D) against a
+    bag of K positives y (B, K, D) or one (B, D), L2-normalised, with one joint denominator.
+
+    For row i of the global batch: loss_i = logsumexp over {s(x_i, y_jk)} ∪ {s(x_j, y_ik)} (all j,
+    k: both directions in one softmax, so the positives appear twice) minus logsumexp_k s(x_i, y_ik),
+    similarities divided by the temperature; the loss is the mean over rows. `groups`: as in
+    `nce_loss`, same-video rows leave both halves.
+    """
+    y = _bag(y)
+    k = y.shape[1]
+    x = gather_with_grad(F.normalize(x, dim=-1))
+    y = gather_with_grad(F.normalize(y, dim=-1))
+    n = x.shape[0]
+    sim = torch.einsum("id,jkd->ijk", x, y) / temperature        # (N, N, K): s(x_i, y_jk)
+    masked = same_group(groups)
+    if masked is not None:
+        sim = sim.masked_fill(masked[:, :, None], float("-inf"))
+    positives = torch.diagonal(sim, dim1=0, dim2=1).t()            # (N, K)
+    # Row i: x_i against every bag, then every x_j against bag i (sim[j, i, k] laid out as [i, (j, k)]).
+    joint = torch.cat([sim.reshape(n, n * k), sim.transpose(0, 1).reshape(n, n * k)], dim=1)
+    return (torch.logsumexp(joint, dim=1) - torch.logsumexp(positives, dim=1)).mean()
+
+
+def sigmoid_loss(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias: torch.Tensor,
+                 groups: torch.Tensor | None = None) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023) over the global batch: x (B, D) against y
+    (B, D), or a bag of K positives (B, K, D) each of which is a positive pair with its x row.
+
+    loss = -(1/N) sum_i sum_{j,k} log sigmoid(z_ijk (exp(t') x_i . y_jk + b)), z = +1 for the
+    positives (j = i) and -1 for every other pair; rows L2-normalised; t' (log_scale) and b (bias)
+    learnable scalars. Negatives are all-gathered across ranks, which is the same sum SigLIP's
+    chunked ring computes. `groups`: same-video pairs (j != i) leave the sum.
+    """
+    y = _bag(y)
+    x = gather_with_grad(F.normalize(x, dim=-1))
+    y = gather_with_grad(F.normalize(y, dim=-1))
+    n = x.shape[0]
+    logits = torch.einsum("id,jkd->ijk", x, y) * log_scale.exp().reshape(()) + bias.reshape(())
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)[:, :, None]
+    terms = F.logsigmoid(torch.where(eye, logits, -logits))
+    masked = same_group(groups)
+    if masked is not None:
+        terms = terms.masked_fill(masked[:, :, None], 0.0)
+    return -terms.sum() / n
+
+
 def negatives_per_positive(micro_batch: int, world: int, same_video: int = 0) -> int:
     """In-batch negatives each positive pair is contrasted with (per direction).
 

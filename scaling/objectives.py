@@ -17,7 +17,16 @@ from scaling import draws
 from scaling.config import MODALITIES, flip_probability
 from scaling.data.augment import MultiCrop, normalize
 from scaling.data.device import send
-from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
+from scaling.losses import (
+    DINOLoss,
+    asymmetric_nce_loss,
+    cosine_schedule,
+    koleo_loss,
+    mil_nce_loss,
+    nce_loss,
+    negatives_per_positive,
+    sigmoid_loss,
+)
 from scaling.models import by_method, crop_geometry
 
 # A metric is a detached 0-d tensor on the model's device, or a plain number.
@@ -138,17 +147,36 @@ class VATTObjective:
         t = self.cfg.vatt.temperature
         # Repeated sampling puts a video's windows in one micro-batch; masked, they are not negatives.
         groups = send(batch["index"], device) if same_video_masked(self.cfg) else None
-        nce = nce_loss(out["video_va"], out["audio_va"], t, groups)
-        mil = mil_nce_loss(out["video_vt"], out["text_vt"], t, groups)
-        loss = nce + self.cfg.vatt.vt_weight * mil
+        va, vt = self.pair_losses(out, t, groups)
+        loss = va + self.cfg.vatt.vt_weight * vt
         with torch.no_grad():
             sim = nn.functional.normalize(out["video_va"], dim=-1) @ nn.functional.normalize(out["audio_va"], dim=-1).t()
             if groups is not None:  # retrieval among other videos' audio, as the loss contrasts them
                 sim = sim.masked_fill((groups[:, None] == groups[None, :]).fill_diagonal_(False), float("-inf"))
             target = torch.arange(sim.shape[0], device=sim.device)
             retrieval = (sim.argmax(dim=1) == target).float().mean() * 100
-        return loss, {"loss": loss.detach(), "loss_nce": nce.detach(), "loss_mil_nce": mil.detach(),
-                      "retrieval_va_top1": retrieval, "negatives_per_positive": self.negatives_per_positive}
+        metrics = {"loss": loss.detach(), "loss_va": va.detach(), "loss_vt": vt.detach(),
+                   "retrieval_va_top1": retrieval, "negatives_per_positive": self.negatives_per_positive}
+        if self.cfg.vatt.loss == "sigmoid":
+            metrics.update({f"sigmoid_{space}_scale": out[f"{space}_log_scale"].detach().exp().reshape(())
+                            for space in ("va", "vt")})
+            metrics.update({f"sigmoid_{space}_bias": out[f"{space}_bias"].detach().reshape(()) for space in ("va", "vt")})
+        return loss, metrics
+
+    def pair_losses(self, out: dict[str, torch.Tensor], t: float,
+                    groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The video-audio and video-text terms of `vatt.loss`: nce (SymmetricNCE: NCE and MIL-NCE,
+        each the mean of its two directions), asymmetric (AsymmetricNCE, one joint denominator),
+        sigmoid (SigLIP's, each caption a positive of its video)."""
+        kind = self.cfg.vatt.loss
+        if kind == "nce":
+            return (nce_loss(out["video_va"], out["audio_va"], t, groups),
+                    mil_nce_loss(out["video_vt"], out["text_vt"], t, groups))
+        if kind == "asymmetric":
+            return (asymmetric_nce_loss(out["video_va"], out["audio_va"], t, groups),
+                    asymmetric_nce_loss(out["video_vt"], out["text_vt"], t, groups))
+        return (sigmoid_loss(out["video_va"], out["audio_va"], out["va_log_scale"], out["va_bias"], groups),
+                sigmoid_loss(out["video_vt"], out["text_vt"], out["vt_log_scale"], out["vt_bias"], groups))
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
         return {}

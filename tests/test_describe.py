@@ -10,8 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scaling.config import ConfigError, RunConfig
 from scaling.describe import describe, model_state_bytes
-from scaling.losses import DINOLoss, mil_nce_loss, nce_loss
+from scaling.losses import DINOLoss
 from scaling.models import build_model, crop_geometry
+from scaling.objectives import VATTObjective
 
 B = 4
 
@@ -31,9 +32,11 @@ def vatt_step(cfg):
     audio = torch.rand(B, d.audio_samples)
     text = torch.randint(1, d.vocab_size, (B, d.captions, d.max_words))
 
+    objective = VATTObjective(cfg)
+
     def run():
-        out = model(video, audio, text)
-        (nce_loss(out["video_va"], out["audio_va"]) + mil_nce_loss(out["video_vt"], out["text_vt"])).backward()
+        va, vt = objective.pair_losses(model(video, audio, text), 0.07, None)  # vatt.loss's terms
+        (va + vt).backward()
     return run
 
 
@@ -60,6 +63,8 @@ def dino_step(cfg):
     ["method=vatt", "size=nano", "drop_rate=0.0"],
     ["method=vatt", "size=micro", "drop_rate=0.5"],
     ["method=vatt", "size=nano", "drop_rate=0.75", "vatt.shared_backbone=true"],
+    ["method=vatt", "size=nano", "vatt.loss=asymmetric"],
+    ["method=vatt", "size=nano", "vatt.loss=sigmoid"],
     ["method=dino", "size=nano", "drop_rate=0.0"],
     ["method=dino", "size=micro", "drop_rate=0.5", "dino.local_crops=2"],
     ["method=dino", "size=nano", "dino.input=image", "dino.patch_size=16", "data.resolution=64"],
@@ -202,3 +207,26 @@ def test_importing_describe_loads_no_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("loss", ["nce", "asymmetric", "sigmoid"])
+def test_the_contrastive_loss_flops_of_each_vatt_loss_match_the_counter(loss):
+    """describe's "loss" part against the counted FLOPs of vatt.loss's two terms, forward and
+    backward, on embeddings of the global batch (the matmuls of the similarities)."""
+    b = 16
+    cfg = RunConfig.load(None, ["steps=1", f"global_batch={b}", f"micro_batch={b}", "method=vatt",
+                                f"vatt.loss={loss}", "data.vocab_size=1000"])
+    v, k = cfg.vatt, cfg.data.captions
+    out = {"video_va": torch.randn(b, v.va_dim), "audio_va": torch.randn(b, v.va_dim),
+           "video_vt": torch.randn(b, v.vt_dim), "text_vt": torch.randn(b, k, v.vt_dim)}
+    out = {name: t.requires_grad_() for name, t in out.items()}
+    if loss == "sigmoid":
+        out.update({f"{s}_{p}": torch.zeros(1, requires_grad=True) for s in ("va", "vt") for p in ("log_scale", "bias")})
+    objective = VATTObjective(cfg)
+
+    def run():
+        va, vt = objective.pair_losses(out, 0.07, None)
+        (va + vt).backward()
+    measured = counted_flops(run)
+    analytic = describe(cfg)["flops_per_sample_by_part"]["loss"] * b
+    assert abs(analytic / measured - 1) < 0.02, (analytic, measured)

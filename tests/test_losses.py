@@ -5,7 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scaling.losses import DINOLoss, cosine_schedule, koleo_loss, mil_nce_loss, nce_loss, negatives_per_positive
+from scaling.losses import (
+    DINOLoss,
+    asymmetric_nce_loss,
+    cosine_schedule,
+    koleo_loss,
+    mil_nce_loss,
+    nce_loss,
+    negatives_per_positive,
+    sigmoid_loss,
+)
 
 
 def test_dino_loss_matches_hand_computed_case():
@@ -168,3 +177,46 @@ def test_koleo_is_minus_the_mean_log_distance_to_the_nearest_other_row():
     close = koleo_loss(torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]]))
     far = koleo_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
     assert close > far
+
+
+def test_asymmetric_nce_matches_the_official_joint_denominator_by_hand():
+    """VATT's AsymmetricNCE: row i's denominator holds x_i against every y_jk and every x_j against
+    y_ik (positives twice); numerator the sum over i's own K positives."""
+    b, k, t = 3, 2, 0.1
+    x, y = F.normalize(_normed(b, 4), dim=-1), F.normalize(_normed(b, k, 4, seed=3), dim=-1)
+    s = lambda i, j, kk: math.exp(float(x[i] @ y[j, kk]) / t)  # noqa: E731
+    rows = []
+    for i in range(b):
+        joint = sum(s(i, j, kk) for j in range(b) for kk in range(k)) + sum(s(j, i, kk) for j in range(b) for kk in range(k))
+        rows.append(-math.log(sum(s(i, i, kk) for kk in range(k)) / joint))
+    assert asymmetric_nce_loss(x, y, t).item() == pytest.approx(sum(rows) / b, rel=1e-5)
+    # One positive: (B, D) and (B, 1, D) are the same loss; and it differs from the symmetric NCE.
+    y1 = y[:, 0]
+    torch.testing.assert_close(asymmetric_nce_loss(x, y1, t), asymmetric_nce_loss(x, y1[:, None], t))
+    assert abs(asymmetric_nce_loss(x, y1, t).item() - nce_loss(x, y1, t).item()) > 1e-3
+    groups = torch.tensor([5, 5, 2])
+    kept = lambda i: [j for j in range(b) if j == i or groups[j] != groups[i]]  # noqa: E731
+    masked = [-math.log(sum(s(i, i, kk) for kk in range(k))
+                        / (sum(s(i, j, kk) for j in kept(i) for kk in range(k))
+                           + sum(s(j, i, kk) for j in kept(i) for kk in range(k)))) for i in range(b)]
+    assert asymmetric_nce_loss(x, y, t, groups).item() == pytest.approx(sum(masked) / b, rel=1e-5)
+
+
+def test_sigmoid_loss_matches_siglip_by_hand_with_its_initialisation():
+    from scaling.models.vatt import SIGMOID_BIAS_INIT, SIGMOID_LOG_SCALE_INIT
+
+    assert math.log(10) == pytest.approx(SIGMOID_LOG_SCALE_INIT) and SIGMOID_BIAS_INIT == -10
+    b, k = 3, 2
+    x, y = F.normalize(_normed(b, 4), dim=-1), F.normalize(_normed(b, k, 4, seed=3), dim=-1)
+    log_scale, bias = torch.tensor([0.7]), torch.tensor([-1.5])
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    term = lambda i, j, kk: math.log(sig((1 if i == j else -1) * (math.exp(0.7) * float(x[i] @ y[j, kk]) - 1.5)))  # noqa: E731
+    expected = -sum(term(i, j, kk) for i in range(b) for j in range(b) for kk in range(k)) / b
+    assert sigmoid_loss(x, y, log_scale, bias).item() == pytest.approx(expected, rel=1e-5)
+    y1 = y[:, 0]
+    expected1 = -sum(term(i, j, 0) for i in range(b) for j in range(b)) / b
+    assert sigmoid_loss(x, y1, log_scale, bias).item() == pytest.approx(expected1, rel=1e-5)
+    groups = torch.tensor([5, 5, 2])
+    kept = [(i, j) for i in range(b) for j in range(b) if i == j or groups[i] != groups[j]]
+    masked = -sum(term(i, j, kk) for i, j in kept for kk in range(k)) / b
+    assert sigmoid_loss(x, y, log_scale, bias, groups).item() == pytest.approx(masked, rel=1e-5)

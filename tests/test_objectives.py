@@ -31,7 +31,7 @@ def test_vatt_step_reports_loss_parts_retrieval_and_negatives():
     batch["text"] = batch["text"] % 1000
     loss, metrics = _host(*objective.loss(model, batch, step=0, generator=torch.Generator().manual_seed(0)))
     loss.backward()
-    assert metrics["loss"] == pytest.approx(metrics["loss_nce"] + metrics["loss_mil_nce"], rel=1e-6)
+    assert metrics["loss"] == pytest.approx(metrics["loss_va"] + metrics["loss_vt"], rel=1e-6)
     assert metrics["negatives_per_positive"] == 7
     assert 0 <= metrics["retrieval_va_top1"] <= 100
     assert model.video.tokenizer.proj.weight.grad is not None

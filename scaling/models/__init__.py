@@ -93,7 +93,7 @@ def _build_vatt(cfg) -> nn.Module:
                 audio_samples=d.audio_samples, vocab_size=d.vocab_size, word_dim=v.word_dim,
                 max_words=d.max_words, freeze_word_embeddings=v.freeze_word_embeddings,
                 va_dim=v.va_dim, vt_dim=v.vt_dim, drop_rate=cfg.drop_rate, drop_path=cfg.drop_path,
-                dropout=cfg.dropout)
+                dropout=cfg.dropout, sigmoid_loss=v.loss == "sigmoid")
 
 
 def _build_dino(cfg) -> nn.Module:

@@ -3,6 +3,8 @@ modality-specific or modality-agnostic (one shared encoder), and the FAC project
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -10,6 +12,10 @@ from scaling.distributed import SyncBatchNorm1d
 from scaling.models.sizes import SIZES
 from scaling.models.tokenizers import AUDIO_PATCH, VOXEL, VoxelTokenizer, WaveformTokenizer, WordTokenizer
 from scaling.models.vit import Transformer
+
+# SigLIP's initialisation (Zhai et al. 2023): logit scale exp(t') with t' = log 10, bias -10.
+SIGMOID_LOG_SCALE_INIT = math.log(10.0)
+SIGMOID_BIAS_INIT = -10.0
 
 
 def transformer_of(size: str, drop_path: float = 0.0, dropout: float = 0.0, cls_token: bool = True) -> Transformer:
@@ -81,7 +87,8 @@ class VATT(nn.Module):
                  shared_backbone: bool = False, frames: int = 8, resolution: int = 64,
                  audio_samples: int = 4096, vocab_size: int = 65536, word_dim: int = 300, max_words: int = 16,
                  freeze_word_embeddings: bool = True, va_dim: int = 512, vt_dim: int = 256,
-                 drop_rate: float = 0.0, drop_path: float = 0.0, dropout: float = 0.0):
+                 drop_rate: float = 0.0, drop_path: float = 0.0, dropout: float = 0.0,
+                 sigmoid_loss: bool = False):
         super().__init__()
         audio_size = audio_size or size
         text_size = text_size or size
@@ -99,6 +106,12 @@ class VATT(nn.Module):
             WordTokenizer(text_tx.dim, vocab_size, word_dim, max_words, freeze_word_embeddings, shared_backbone),
             text_tx, shared=shared_backbone)
         self.heads = FACHeads(self.video.width, self.audio.width, self.text.width, va_dim, vt_dim)
+        # vatt.loss=sigmoid: SigLIP's learnable log logit scale and bias, one pair per common space.
+        self.sigmoid = nn.ParameterDict({
+            name: nn.Parameter(torch.full((1,), init))
+            for space in ("va", "vt") for name, init in ((f"{space}_log_scale", SIGMOID_LOG_SCALE_INIT),
+                                                         (f"{space}_bias", SIGMOID_BIAS_INIT))
+        }) if sigmoid_loss else None
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """The backbone feature used for evaluation (k-NN, linear probe)."""
@@ -128,4 +141,7 @@ class VATT(nn.Module):
         # covers whole views of the micro-batch, so it is keyed by the global sample (scaling.draws).
         text_vt = self.heads.text_to_vt(self.text(text.transpose(0, 1).reshape(k * b, w)))
         text_vt = text_vt.reshape(k, b, -1).transpose(0, 1)
-        return {"video_va": video_va, "audio_va": audio_va, "video_vt": video_vt, "text_vt": text_vt}
+        out = {"video_va": video_va, "audio_va": audio_va, "video_vt": video_vt, "text_vt": text_vt}
+        if self.sigmoid is not None:  # read in the forward, where ZeRO-3 has gathered them
+            out.update({name: p * 1 for name, p in self.sigmoid.items()})
+        return out

@@ -137,3 +137,7 @@ def test_each_objective_is_its_own_arm():
     assert arm({"method": "dino", "dino": {"koleo_weight": 1.0, "distill_weight": 1.0}}) == "dino+koleo"
     assert arm({"method": "dino", "dino": {"koleo_weight": 1.0}}) == "dino+koleo"  # written before distill_weight
     assert arm({"method": "dino", "dino": {"koleo_weight": 1.0, "distill_weight": 0.0}}) == "koleo"
+    assert arm({"method": "vatt", "vatt": {"loss": "nce"}}) == "vatt"
+    assert arm({"method": "vatt", "vatt": {"loss": "asymmetric"}}) == "vatt+asymmetric"
+    assert arm({"method": "vatt", "vatt": {"loss": "sigmoid"}}) == "vatt+sigmoid"
+    assert arm({"method": "vatt"}) == "vatt"  # written before vatt.loss

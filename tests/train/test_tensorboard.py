@@ -6,7 +6,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 COMMON = ["train/loss", "train/lr", "train/weight_decay", "train/grad_norm", "train/samples_per_s",
           "train/tokens_per_s", "train/tflops_per_device", "train/mfu", "train/memory_gb", "eval/knn_top1"]
 PER_METHOD = {
-    "vatt": ["train/loss_nce", "train/loss_mil_nce", "train/retrieval_va_top1", "train/negatives_per_positive",
+    "vatt": ["train/loss_va", "train/loss_vt", "train/retrieval_va_top1", "train/negatives_per_positive",
              "eval/v2t_r1", "eval/t2v_median_rank"],
     "dino": ["train/teacher_entropy", "train/kl_student_teacher", "train/center_norm", "train/log_out_dim",
              "train/teacher_momentum", "train/teacher_temp"],
