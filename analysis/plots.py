@@ -9,7 +9,7 @@ import pandas as pd
 from analysis.runs import baseline_column
 
 COLORS = {"vatt": "#1f77b4", "vatt+asymmetric": "#17becf", "vatt+sigmoid": "#2ca02c", "dino": "#d62728",
-          "dino+koleo": "#9467bd", "koleo": "#8c564b"}
+          "dino+koleo": "#9467bd", "koleo": "#8c564b", "simclr": "#ff7f0e"}
 
 
 def _figure():

@@ -129,6 +129,8 @@ ARMS = {
     "vatt+sigmoid": ("VATT with SigLIP's pairwise sigmoid loss and its learnable scale and bias "
                      "(vatt.loss = sigmoid): no softmax over the batch"),
     "dino": "plain DINO: self-distillation with a centred, sharpened EMA teacher, nothing else",
+    "simclr": ("SimCLR: NT-Xent between two augmented views of each clip on the same video backbone: "
+               "contrastive like VATT, unimodal like DINO (the control arm)"),
     "dino+koleo": ("DINO plus DINOv2's KoLeo term (dino.koleo_weight × the nearest-neighbour entropy estimate "
                    "on the student's global-view CLS features): a different objective from plain DINO, "
                    "reported as its own arm"),

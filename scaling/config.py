@@ -17,13 +17,14 @@ from scaling.models.sizes import SIZES
 from scaling.validate import ConfigError, choice, flag, integer, number, pair, plain, yaml_problem, yaml_value
 from scaling.validate import load_named_yaml as load_named_yaml  # re-exported: it lived here
 
-METHODS = ("vatt", "dino")
+METHODS = ("vatt", "dino", "simclr")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LR_SCALINGS = ("linear", "sqrt", "none")
 DATA_SOURCES = ("synthetic", "manifest", "webdataset", "images")
 DECODERS = ("torchcodec", "pyav")   # the video decoders of data.source=manifest
 # What each method reads from a clip (training, evaluation): a manifest decodes only these.
-MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",))}
+MODALITIES = {"vatt": (("video", "audio", "text"), ("video", "text")), "dino": (("video",), ("video",)),
+              "simclr": (("video",), ("video",))}
 ZERO_STAGES = (0, 1, 2, 3)
 CONFIGS = Path(__file__).resolve().parent / "configs"  # the packaged RunConfig files
 # Optimizer steps of a run that sets neither steps nor samples: `scaling train` with no arguments
@@ -132,6 +133,22 @@ class VATTConfig:
 
 
 @dataclass(frozen=True)
+class SimCLRConfig:
+    """The unimodal contrastive control arm (method=simclr): NT-Xent between two augmented views of
+    each clip (DINO's global-crop augmentations) on the video backbone, with SimCLR v1's head."""
+
+    temperature: float = 0.1           # the official SimCLR code's default
+    proj_dim: int = 128                # the head's output (SimCLR's 128)
+    proj_hidden: int | None = None     # None: the backbone's width (SimCLR's head keeps the width)
+
+    def validate(self) -> None:
+        number("simclr.temperature", self.temperature, exclusive_minimum=0)
+        integer("simclr.proj_dim", self.proj_dim, exclusive_minimum=0)
+        if self.proj_hidden is not None:
+            integer("simclr.proj_hidden", self.proj_hidden, exclusive_minimum=0)
+
+
+@dataclass(frozen=True)
 class DINOConfig:
     """DINO-specific choices (defaults are the paper's, sizes scaled to the clip geometry)."""
 
@@ -220,6 +237,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
                  clip_mode="per_param", warmup_fraction=0.1, min_lr=1e-6, adam_eps=1e-8, dropout=0.0,
                  drop_path=0.1),
 }
+# SimCLR (the unimodal contrastive control arm): DINO's optimisation, so that the two video-only
+# arms differ in their objective alone (SimCLR's own LARS at lr 0.3 x B/256 is not used).
+METHOD_DEFAULTS["simclr"] = dict(METHOD_DEFAULTS["dino"])
 CLIP_MODES = ("global", "per_param")
 
 
@@ -257,6 +277,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     vatt: VATTConfig = field(default_factory=VATTConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -300,6 +321,7 @@ class RunConfig:
         self.data.validate()
         self.vatt.validate()
         self.dino.validate()
+        self.simclr.validate()
         self.eval.validate()
         if self.eval.views > 1 and self.data.source not in ("manifest", "webdataset"):
             field_ = "eval.temporal_views" if self.eval.temporal_views > 1 else "eval.spatial_views"
@@ -320,6 +342,12 @@ class RunConfig:
                                              "allowed for method=vatt: 'synthetic', 'manifest'")
         if self.method == "dino" and self.dino.input == "video" and self.data.source == "images":
             raise ConfigError("dino.input", "data.source='images' has no clips; set dino.input='image'")
+        if self.method == "simclr" and self.data.source == "images":
+            raise ConfigError("data.source", "the SimCLR arm trains the video backbone on clips; "
+                                             "allowed for method=simclr: 'synthetic', 'manifest', 'webdataset'")
+        if self.method == "simclr" and self.dino.input != "video":
+            raise ConfigError("dino.input", "method=simclr takes DINO's global-crop augmentations of clips "
+                                            "(dino.input='video'); it has no image variant")
         if self.method == "dino" and self.dino.input == "image" and self.drop_rate > 0:
             raise ConfigError("drop_rate", f"got {self.drop_rate}; the image ViT (dino.input='image') does not drop "
                                            "tokens: DropToken is for the voxel backbone (dino.input='video')")
@@ -443,7 +471,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-_SECTIONS = {"DataConfig": DataConfig, "VATTConfig": VATTConfig, "DINOConfig": DINOConfig, "EvalConfig": EvalConfig}
+_SECTIONS = {"DataConfig": DataConfig, "VATTConfig": VATTConfig, "DINOConfig": DINOConfig,
+             "SimCLRConfig": SimCLRConfig, "EvalConfig": EvalConfig}
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -132,6 +132,27 @@ def _dino_costs(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+def _simclr_costs(cfg: RunConfig) -> dict[str, Any]:
+    s, c = SIZES[cfg.size], cfg.simclr
+    geo = crop_geometry(cfg)
+    n_view = video_grid(geo["global_frames"], geo["global_resolution"])
+    sv = kept_tokens(n_view, cfg.drop_rate)
+    tok = linear_flops(sv, VOXEL_DIM, s.width)
+    blocks = transformer_flops(s, sv)
+    hidden = c.proj_hidden or s.width
+    head = linear_flops(1, s.width, hidden) + linear_flops(1, hidden, c.proj_dim)
+    # NT-Xent: each of a sample's two views against all 2N views of the global batch.
+    views = 2 * cfg.micro_batch * cfg.world_size
+    return {
+        "flops": {"backbone": _train(2 * (tok + blocks), 2 * tok), "head": _train(2 * head),
+                  "loss": _train(2 * 2 * views * c.proj_dim)},
+        "tokens": {"view": sv, "view_full": n_view, "views": 2},
+        "eval_flops_per_sample": linear_flops(n_view, VOXEL_DIM, s.width) + transformer_flops(s, n_view),
+        "block_forward_flops": 2 * blocks,
+        "encoders": [(2 * sv, s.width, s.layers)],
+    }
+
+
 # ----------------------------------------------------------------------------- params
 def _vatt_parts(cfg: RunConfig, model: nn.Module) -> list[tuple[str, nn.Module]]:
     parts = [("shared_backbone", model.video.transformer)] if cfg.vatt.shared_backbone else []
@@ -144,10 +165,15 @@ def _dino_parts(cfg: RunConfig, model: nn.Module) -> list[tuple[str, nn.Module]]
     return [("backbone", model.student.backbone), ("head", model.student.head), ("teacher", model.teacher)]
 
 
+def _simclr_parts(cfg: RunConfig, model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [("backbone", model.net.backbone), ("head", model.net.head)]
+
+
 # Per method of scaling.config.METHODS: its analytic costs, and its parts (name, submodule) in counting order.
-COSTS: dict[str, Callable[[RunConfig], dict[str, Any]]] = {"vatt": _vatt_costs, "dino": _dino_costs}
-PARTS: dict[str, Callable[[RunConfig, nn.Module], list[tuple[str, nn.Module]]]] = {"vatt": _vatt_parts,
-                                                                                  "dino": _dino_parts}
+COSTS: dict[str, Callable[[RunConfig], dict[str, Any]]] = {"vatt": _vatt_costs, "dino": _dino_costs,
+                                                          "simclr": _simclr_costs}
+PARTS: dict[str, Callable[[RunConfig, nn.Module], list[tuple[str, nn.Module]]]] = {
+    "vatt": _vatt_parts, "dino": _dino_parts, "simclr": _simclr_parts}
 
 
 def count_params(cfg: RunConfig) -> dict[str, int]:
@@ -279,6 +305,8 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
 
         batch["negatives_per_positive"] = negatives_per_positive(cfg.micro_batch, cfg.world_size,
                                                                  same_video_masked(cfg))
+    elif cfg.method == "simclr":  # the other view is the positive; the other 2N - 2 views are negatives
+        batch["negatives_per_positive"] = 2 * cfg.micro_batch * cfg.world_size - 2
     out = {
         "method": cfg.method,
         "size": cfg.size,

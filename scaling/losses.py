@@ -119,6 +119,19 @@ def sigmoid_loss(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor, bias
     return -terms.sum() / n
 
 
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SimCLR's NT-Xent (Chen et al. 2020) between two views (B, D) of the same clips, L2-normalised,
+    over the global batch: each of the 2N embeddings has its other view as the positive and the
+    other 2N - 2 as negatives (itself excluded); the mean cross-entropy over all 2N."""
+    z1 = gather_with_grad(F.normalize(z1, dim=-1))
+    z2 = gather_with_grad(F.normalize(z2, dim=-1))
+    n = z1.shape[0]
+    z = torch.cat([z1, z2])
+    logits = (z @ z.t() / temperature).fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(logits.device)
+    return F.cross_entropy(logits, target)
+
+
 def negatives_per_positive(micro_batch: int, world: int, same_video: int = 0) -> int:
     """In-batch negatives each positive pair is contrasted with (per direction).
 

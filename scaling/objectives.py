@@ -25,6 +25,7 @@ from scaling.losses import (
     mil_nce_loss,
     nce_loss,
     negatives_per_positive,
+    nt_xent_loss,
     sigmoid_loss,
 )
 from scaling.models import by_method, crop_geometry
@@ -306,9 +307,54 @@ class DINOObjective:
             unwrap(model).load_teacher_shadow(state["teacher_fp32"])
 
 
+class SimCLRObjective:
+    """The unimodal contrastive control arm: NT-Xent (SimCLR) between two views of each clip made by
+    DINO's global-crop augmentations, negatives gathered over ranks (2 x micro_batch x world - 2)."""
+
+    def __init__(self, cfg, world_size: int = 1):
+        self.cfg = cfg
+        self.negatives_per_positive = 2 * cfg.micro_batch * world_size - 2
+        geo = crop_geometry(cfg)
+        # DINO's two global views (asymmetric blur and solarisation, colour jitter, grey, flip).
+        self.augment = MultiCrop(
+            geo["global_resolution"], geo["local_resolution"], 0, global_scale=tuple(cfg.dino.global_scale),
+            global_frames=geo["global_frames"], p_flip=flip_probability(cfg),
+            blur_sigma=(0.1, max(0.2, 2.0 * geo["global_resolution"] / 224)))
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Metric]]:
+        device, dtype = next(unwrap(model).parameters()).device, param_dtype(model)
+        views = [v.to(dtype) for v in self.augment(send(batch["video"], device), generator)]
+        z1, z2 = model(views).float().chunk(2)
+        loss = nt_xent_loss(z1, z2, self.cfg.simclr.temperature)
+        with torch.no_grad():  # top-1 retrieval of the other view among the local views
+            sim = nn.functional.normalize(z1, dim=-1) @ nn.functional.normalize(z2, dim=-1).t()
+            retrieval = (sim.argmax(dim=1) == torch.arange(sim.shape[0], device=sim.device)).float().mean() * 100
+        return loss, {"loss": loss.detach(), "retrieval_views_top1": retrieval,
+                      "negatives_per_positive": self.negatives_per_positive}
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        return {}
+
+    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return unwrap(model).encode(x.to(param_dtype(model)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        pass
+
+
 # The objective of each method of scaling.config.METHODS (the models' table, scaling.models.MODEL_BUILDERS,
 # has the same keys; tests/models/test_method_dispatch.py checks both against METHODS).
-OBJECTIVES: dict[str, type[Objective]] = {"vatt": VATTObjective, "dino": DINOObjective}
+OBJECTIVES: dict[str, type[Objective]] = {"vatt": VATTObjective, "dino": DINOObjective, "simclr": SimCLRObjective}
 
 
 def build_objective(cfg, world_size: int = 1) -> Objective:

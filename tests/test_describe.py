@@ -59,7 +59,25 @@ def dino_step(cfg):
     return run
 
 
+def simclr_step(cfg):
+    from scaling.losses import nt_xent_loss
+
+    model = build_model(cfg).train()
+    geo = crop_geometry(cfg)
+    views = [torch.rand(B, 3, geo["global_frames"], geo["global_resolution"], geo["global_resolution"])] * 2
+
+    def run():
+        z1, z2 = model(views).chunk(2)
+        nt_xent_loss(z1, z2).backward()
+    return run
+
+
+STEPS = {"vatt": vatt_step, "dino": dino_step, "simclr": simclr_step}
+
+
 @pytest.mark.parametrize("overrides", [
+    ["method=simclr", "size=nano"],
+    ["method=simclr", "size=micro", "drop_rate=0.5"],
     ["method=vatt", "size=nano", "drop_rate=0.0"],
     ["method=vatt", "size=micro", "drop_rate=0.5"],
     ["method=vatt", "size=nano", "drop_rate=0.75", "vatt.shared_backbone=true"],
@@ -72,8 +90,7 @@ def dino_step(cfg):
 def test_analytic_flops_agree_with_the_flop_counter_within_5_percent(overrides):
     cfg = RunConfig.load(None, ["steps=1", f"global_batch={B}", f"micro_batch={B}", "data.vocab_size=1000",
                                 "dino.out_dim=1024", "dino.hidden_dim=512", *overrides])
-    step = vatt_step(cfg) if cfg.method == "vatt" else dino_step(cfg)
-    measured = counted_flops(step)
+    measured = counted_flops(STEPS[cfg.method](cfg))
     analytic = describe(cfg)["flops_per_sample"] * B
     assert abs(analytic / measured - 1) < 0.05, (analytic, measured)
 
@@ -103,6 +120,7 @@ def test_droptoken_halves_video_and_audio_tokens_and_the_counted_forward_flops_f
     ["method=vatt", "drop_rate=0.5", "vatt.shared_backbone=true"],
     ["method=dino", "drop_rate=0.5"],
     ["method=dino", "dino.input=image", "dino.patch_size=16", "data.resolution=64"],
+    ["method=simclr", "drop_rate=0.5"],
 ])
 def test_eval_flops_count_every_token_of_the_whole_clip_whatever_the_training_drop(overrides):
     """Evaluation embeds whole clips (or images): the counted FLOPs of the evaluation backbone's

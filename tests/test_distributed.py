@@ -4,7 +4,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from scaling.distributed import SyncBatchNorm1d
-from scaling.losses import DINOLoss, asymmetric_nce_loss, mil_nce_loss, nce_loss, sigmoid_loss
+from scaling.losses import DINOLoss, asymmetric_nce_loss, mil_nce_loss, nce_loss, nt_xent_loss, sigmoid_loss
 
 WORLD = 2
 # Windows of one video (repeated sampling) share an id; these pairs straddle the two ranks.
@@ -17,15 +17,17 @@ def _data(seed=0):
 
 
 def _variant_losses(x, y, yk, groups):
-    """vatt.loss=asymmetric and sigmoid, each on one and on K positives (masked), and their gradients:
+    """vatt.loss=asymmetric and sigmoid, each on one and on K positives (masked), and SimCLR's NT-Xent, with their gradients:
     the embeddings' and, for sigmoid, its learnable scale's and bias's (not gathered, so each rank
     gets the whole gradient of the global loss)."""
     out = {}
-    for name in ("asymmetric", "sigmoid"):
+    for name in ("asymmetric", "sigmoid", "nt_xent"):
         xl, yl, ykl = (t.clone().requires_grad_() for t in (x, y, yk))
+        extra = {}
         if name == "asymmetric":
             loss = asymmetric_nce_loss(xl, yl, 0.1) + asymmetric_nce_loss(xl, ykl, 0.1, groups)
-            extra = {}
+        elif name == "nt_xent":  # SimCLR's two views (x, y); yk takes no part
+            loss = nt_xent_loss(xl, yl, 0.1) + 0 * ykl.sum()
         else:
             log_scale, bias = torch.tensor([1.5], requires_grad=True), torch.tensor([-2.0], requires_grad=True)
             loss = sigmoid_loss(xl, yl, log_scale, bias) + sigmoid_loss(xl, ykl, log_scale, bias, groups)

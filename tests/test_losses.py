@@ -13,6 +13,7 @@ from scaling.losses import (
     mil_nce_loss,
     nce_loss,
     negatives_per_positive,
+    nt_xent_loss,
     sigmoid_loss,
 )
 
@@ -220,3 +221,14 @@ def test_sigmoid_loss_matches_siglip_by_hand_with_its_initialisation():
     kept = [(i, j) for i in range(b) for j in range(b) if i == j or groups[i] != groups[j]]
     masked = -sum(term(i, j, kk) for i, j in kept for kk in range(k)) / b
     assert sigmoid_loss(x, y, log_scale, bias, groups).item() == pytest.approx(masked, rel=1e-5)
+
+
+def test_nt_xent_matches_simclr_by_hand():
+    """SimCLR's NT-Xent: each of the 2B views against the other 2B - 1 (itself excluded), its other
+    view the positive; the mean over all 2B."""
+    b, t = 3, 0.1
+    z1, z2 = F.normalize(_normed(b, 4), dim=-1), F.normalize(_normed(b, 4, seed=5), dim=-1)
+    z = torch.cat([z1, z2])
+    s = lambda i, j: math.exp(float(z[i] @ z[j]) / t)  # noqa: E731
+    rows = [-math.log(s(i, (i + b) % (2 * b)) / sum(s(i, j) for j in range(2 * b) if j != i)) for i in range(2 * b)]
+    assert nt_xent_loss(z1, z2, t).item() == pytest.approx(sum(rows) / (2 * b), rel=1e-5)

@@ -113,6 +113,16 @@ def _build_dino(cfg) -> nn.Module:
                 fp32_last_layer=c.fp32_last_layer)
 
 
+def _build_simclr(cfg) -> nn.Module:
+    from scaling.models.simclr import SimCLR
+    from scaling.models.vatt import video_encoder
+
+    d = cfg.data
+    backbone = video_encoder(cfg.size, d.frames, d.resolution, cfg.drop_rate, cfg.drop_path, dropout=cfg.dropout)
+    return SimCLR(backbone, SIZES[cfg.size].width, proj_dim=cfg.simclr.proj_dim, proj_hidden=cfg.simclr.proj_hidden)
+
+
 # The model of each method of scaling.config.METHODS (the objectives' table, scaling.objectives.OBJECTIVES,
 # has the same keys; tests/models/test_method_dispatch.py checks both against METHODS).
-MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {"vatt": _build_vatt, "dino": _build_dino}
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {"vatt": _build_vatt, "dino": _build_dino,
+                                                        "simclr": _build_simclr}
