@@ -101,6 +101,7 @@ class DataConfig:
 
 
 VATT_LOSSES = ("nce", "asymmetric", "sigmoid")
+VATT_NEGATIVES = ("batch", "cached")
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,12 @@ class VATTConfig:
     freeze_word_embeddings: bool = True
     mask_same_video: bool = True       # data.repeats > 1: a video's windows are not each other's negatives
     loss: str = "nce"                  # nce (SymmetricNCE) | asymmetric (AsymmetricNCE) | sigmoid (SigLIP)
+    negatives: str = "batch"           # batch: the micro-batch x world | cached: GradCache over the optimizer batch
 
     def validate(self) -> None:
         flag("vatt.mask_same_video", self.mask_same_video)
         choice("vatt.loss", self.loss, VATT_LOSSES)
+        choice("vatt.negatives", self.negatives, VATT_NEGATIVES)
         for name in ("audio_size", "text_size"):
             value = getattr(self, name)
             if value is not None:

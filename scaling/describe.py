@@ -301,10 +301,11 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
         batch["clips_per_micro_batch"] = cfg.micro_batch // cfg.data.repeats
     if cfg.method == "vatt":
         from scaling.losses import negatives_per_positive
-        from scaling.objectives import same_video_masked
+        from scaling.objectives import contrasted_batch, same_video_masked
 
-        batch["negatives_per_positive"] = negatives_per_positive(cfg.micro_batch, cfg.world_size,
+        batch["negatives_per_positive"] = negatives_per_positive(contrasted_batch(cfg), cfg.world_size,
                                                                  same_video_masked(cfg))
+        batch["negatives"] = cfg.vatt.negatives
     elif cfg.method == "simclr":  # the other view is the positive; the other 2N - 2 views are negatives
         batch["negatives_per_positive"] = 2 * cfg.micro_batch * cfg.world_size - 2
     out = {

@@ -117,6 +117,18 @@ def dataset_options(cfg, *, evaluation: bool, split: str = "eval") -> dict[str, 
     return options
 
 
+def caches_negatives(cfg) -> bool:
+    """Whether a step runs GradCache (scaling.train.gradcache): VATT with vatt.negatives=cached and
+    more than one micro-batch per step (with one, the micro-batch is the optimizer batch already)."""
+    return cfg.method == "vatt" and cfg.vatt.negatives == "cached" and cfg.accumulation > 1
+
+
+def contrasted_batch(cfg) -> int:
+    """Clips per rank whose embeddings one loss contrasts: the micro-batch, or under GradCache the
+    rank's whole share of the optimizer batch."""
+    return cfg.micro_batch * (cfg.accumulation if caches_negatives(cfg) else 1)
+
+
 def same_video_masked(cfg) -> int:
     """Other windows of a positive's own video left out of its negatives: data.repeats - 1 with
     vatt.mask_same_video (the default), else 0 (they stay in as negatives)."""
@@ -128,7 +140,7 @@ class VATTObjective:
 
     def __init__(self, cfg, world_size: int = 1):
         self.cfg = cfg
-        self.negatives_per_positive = negatives_per_positive(cfg.micro_batch, world_size, same_video_masked(cfg))
+        self.negatives_per_positive = negatives_per_positive(contrasted_batch(cfg), world_size, same_video_masked(cfg))
         # VATT's video augmentation: random resized crop, horizontal flip (not on the synthetic
         # clips, whose class, audio and captions include the motion direction: flip_probability)
         # and colour jitter; no blur/solarise. No hue shift: the HSV round trip is the costliest op
@@ -141,14 +153,24 @@ class VATTObjective:
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Metric]]:
         """The loss and its metrics. Metrics are detached device tensors (or plain numbers): the
         loop reads them back only on logged steps, so a GPU never waits for them."""
+        return self.loss_from(*self.embed(model, batch, generator))
+
+    def embed(self, model: nn.Module, batch: dict[str, torch.Tensor],
+              generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """One micro-batch's embeddings in the common spaces (fp32; with vatt.loss=sigmoid also its
+        scale and bias, as the forward read them) and its same-video groups (None when unmasked)."""
         device, dtype = next(unwrap(model).parameters()).device, param_dtype(model)
         video = self.augment(send(batch["video"], device), generator)[0].to(dtype)
         out = model(video, send(batch["audio"], device).to(dtype), send(batch["text"], device))
-        out = {k: v.float() for k, v in out.items()}
-        t = self.cfg.vatt.temperature
         # Repeated sampling puts a video's windows in one micro-batch; masked, they are not negatives.
         groups = send(batch["index"], device) if same_video_masked(self.cfg) else None
-        va, vt = self.pair_losses(out, t, groups)
+        return {k: v.float() for k, v in out.items()}, groups
+
+    def loss_from(self, out: dict[str, torch.Tensor],
+                  groups: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Metric]]:
+        """The loss and metrics of embeddings `embed` made (of one micro-batch, or of a whole
+        optimizer batch under vatt.negatives=cached)."""
+        va, vt = self.pair_losses(out, self.cfg.vatt.temperature, groups)
         loss = va + self.cfg.vatt.vt_weight * vt
         with torch.no_grad():
             sim = nn.functional.normalize(out["video_va"], dim=-1) @ nn.functional.normalize(out["audio_va"], dim=-1).t()

@@ -27,7 +27,7 @@ from scaling.describe import describe, engine_zero_stage, resolved_precision
 from scaling.distributed import all_agree, all_true, barrier, from_rank0
 from scaling.eval.evaluate import evaluate
 from scaling.models import build_model
-from scaling.objectives import build_objective, dataset_options
+from scaling.objectives import build_objective, caches_negatives, dataset_options
 from scaling.optim import Schedules
 from scaling.schema import (
     BAD_CLIPS,
@@ -64,6 +64,7 @@ from scaling.train.checkpoint import Checkpoints, set_rng_state
 from scaling.train.clipping import clip_per_parameter
 from scaling.train.consolidate import save_consolidated
 from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
+from scaling.train.gradcache import cached_micro_steps
 from scaling.train.throughput import Throughput
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,15 @@ def _optimizer_step(run: _Run) -> bool:
     run.meter.start()
     scalars = run.schedules.apply(engine.optimizer, step)
     metrics, finite_loss, measured = StepMetrics(cfg.accumulation), True, None
-    for m in range(cfg.accumulation):
+    if caches_negatives(cfg):
+        batches = [next(run.stream) for _ in range(cfg.accumulation)]
+        loss, micro, measured = cached_micro_steps(
+            engine, run.objective, batches, lambda m: _seed_micro_step(run, step * cfg.accumulation + m),
+            run.span, run.generator, lambda: _clip_or_measure(cfg, engine))
+        finite_loss = _finite(loss)
+        metrics = StepMetrics(1)
+        metrics.add(micro)
+    for m in range(0 if caches_negatives(cfg) else cfg.accumulation):
         batch = next(run.stream)
         _seed_micro_step(run, step * cfg.accumulation + m)
         with draws.micro_step(run.span):  # every random draw per global sample (scaling.draws)

@@ -1,0 +1,86 @@
+"""vatt.negatives=cached: GradCache (Gao et al. 2021), contrastive negatives over the whole optimizer
+batch at the activation memory of one micro-batch.
+
+Pass 1 embeds every micro-batch of the optimizer step without a graph. The loss over the whole
+optimizer batch (all micro-batches, all ranks: negatives per positive = global_batch - 1) is then
+computed on those embeddings as leaves, and its gradient with respect to them is kept. Pass 2
+reruns each micro-batch with a graph and backpropagates the kept gradient through it (the
+surrogate sum(embedding * gradient)), so the parameters receive exactly the gradient of the
+optimizer-batch loss.
+
+Pass 2 replays pass 1's randomness exactly: each micro-step reseeds torch and the augmentation
+generator from (seed, global micro-step) and draws inside `draws.micro_step`, as the ordinary path
+does, so DropToken, stochastic depth, dropout and augmentation draw the same values twice.
+
+The FAC heads' synchronised BatchNorms normalise each micro-batch (over all ranks) in both passes,
+so the embeddings of the two passes are the same; their batch statistics are those of the
+micro-batch x world, not of the optimizer batch (the one way a cached step differs from one big
+micro-batch). Their running statistics are restored after pass 1, so each micro-batch updates them
+once, as without caching.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from scaling import draws
+from scaling.distributed import SyncBatchNorm1d
+
+# Per-step scalars of the forward (vatt.loss=sigmoid's scale and bias): one gradient for the step.
+_SCALARS = ("va_log_scale", "va_bias", "vt_log_scale", "vt_bias")
+
+
+def _norm_buffers(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(buf, buf.detach().clone()) for m in module.modules() if isinstance(m, SyncBatchNorm1d)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+
+
+def cached_micro_steps(engine, objective, batches: list[dict[str, torch.Tensor]],
+                       seed: Callable[[int], None], span: draws.Span, generator: torch.Generator | None,
+                       on_boundary: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, Any], Any]:
+    """One optimizer step's forward and backward passes under GradCache, ending with the engine's
+    micro-steps (engine.step() after each backward; `on_boundary()` before the last, for clipping
+    or measuring). `seed(m)` seeds micro-step m of the step. Returns the optimizer-batch loss, its
+    metrics and what `on_boundary` returned."""
+    module = getattr(engine, "module", engine)
+    saved = _norm_buffers(module)
+    outs, groups = [], []
+    with torch.no_grad():
+        for m, batch in enumerate(batches):
+            seed(m)
+            with draws.micro_step(span):
+                out, group = objective.embed(engine, batch, generator)
+            outs.append(out)
+            groups.append(group)
+    for buf, value in saved:
+        buf.copy_(value)
+    keys = [k for k in outs[0] if k not in _SCALARS]
+    leaves = {k: torch.cat([o[k] for o in outs]).requires_grad_() for k in keys}
+    scalars = {k: outs[0][k].detach().clone().requires_grad_() for k in _SCALARS if k in outs[0]}
+    group = None if groups[0] is None else torch.cat(groups)
+    with torch.enable_grad():
+        loss, metrics = objective.loss_from({**leaves, **scalars}, group)
+        loss.backward()
+    grads = {k: v.grad.split([o[k].shape[0] for o in outs]) for k, v in leaves.items()}
+    measured = None
+    for m, (batch, grad_m) in enumerate(zip(batches, _per_micro(grads, len(batches)))):
+        seed(m)
+        with draws.micro_step(span):
+            out, _ = objective.embed(engine, batch, generator)
+            surrogate = sum((out[k] * grad_m[k]).sum() for k in keys)
+            # The scalars' gradient once per step, shared out over its micro-batches.
+            surrogate = surrogate + sum((out[k] * scalars[k].grad).sum() for k in scalars) / len(batches)
+            # The kept gradient is already that of the whole step's loss: no 1/accumulation scaling.
+            engine.backward(surrogate, scale_wrt_gas=False)
+        if engine.is_gradient_accumulation_boundary():
+            measured = on_boundary()
+        engine.step()
+    return loss.detach(), metrics, measured
+
+
+def _per_micro(grads: dict[str, tuple[torch.Tensor, ...]], n: int) -> Iterator[dict[str, torch.Tensor]]:
+    for m in range(n):
+        yield {k: g[m] for k, g in grads.items()}
