@@ -50,6 +50,16 @@ def _reference_grads(objective, module, batches, seed, span, generator, world):
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
+    from scaling.train.engine import init_distributed
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    init_distributed()
+    results = {case: _case(case, rank, world) for case in ("replay", "big_batch")}
+    Path(f"{out}.{rank}").write_text(json.dumps(results))
+
+
+def _case(case: str, rank: int, world: int) -> dict:
     import deepspeed
 
     from scaling import draws
@@ -57,55 +67,49 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     from scaling.distributed import SyncBatchNorm1d
     from scaling.models import build_model
     from scaling.objectives import build_objective
-    from scaling.train.engine import build_ds_config, init_distributed
+    from scaling.train.engine import build_ds_config
     from scaling.train.gradcache import cached_micro_steps
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    init_distributed()
-    results = {}
-    for case in ("replay", "big_batch"):
-        random = RANDOM if case == "replay" else ["dropout=0.0"]  # (VATT's default dropout is 0.1)
-        cfg = RunConfig.load(None, [*BASE, *random, f"world_size={world}", f"global_batch={MICRO * STEPS_PER * world}",
-                                    f"micro_batch={MICRO}", "vatt.negatives=cached"])
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        reference = copy.deepcopy(model)
-        objective = build_objective(cfg, world)
-        if case == "big_batch":  # no augmentation, batch statistics from the running ones
-            objective.augment = lambda video, generator: [video.float() / 255]
-            for module in (model, reference):
-                for m in module.modules():
-                    if isinstance(m, SyncBatchNorm1d):
-                        m.eval()
-        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                                          config=build_ds_config(cfg, world))
-        span = draws.span_of(MICRO, rank, world)
-        generator = torch.Generator()
+    random = RANDOM if case == "replay" else ["dropout=0.0"]  # (VATT's default dropout is 0.1)
+    cfg = RunConfig.load(None, [*BASE, *random, f"world_size={world}", f"global_batch={MICRO * STEPS_PER * world}",
+                                f"micro_batch={MICRO}", "vatt.negatives=cached"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    reference = copy.deepcopy(model)
+    objective = build_objective(cfg, world)
+    if case == "big_batch":  # no augmentation, batch statistics from the running ones
+        objective.augment = lambda video, generator: [video.float() / 255]
+        for module in (model, reference):
+            for m in module.modules():
+                if isinstance(m, SyncBatchNorm1d):
+                    m.eval()
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                                      config=build_ds_config(cfg, world))
+    span = draws.span_of(MICRO, rank, world)
+    generator = torch.Generator()
 
-        def seed(m):
-            torch.manual_seed(mix_seed(cfg.seed, m, 0))
-            generator.manual_seed(mix_seed(cfg.seed, m, 1))
+    def seed(m):
+        torch.manual_seed(mix_seed(cfg.seed, m, 0))
+        generator.manual_seed(mix_seed(cfg.seed, m, 1))
 
-        batches = [_batch([m * MICRO * world + rank + world * i for i in range(MICRO)]) for m in range(STEPS_PER)]
-        got = {}
-        loss, metrics, _ = cached_micro_steps(engine, objective, batches, seed, span, generator,
-                                              lambda: got.update(_grads(engine.module)))
-        if case == "replay":
-            want = _reference_grads(objective, reference, batches, seed, span, generator, world)
-        else:  # one micro-batch of MICRO x STEPS_PER clips per rank, no accumulation, negatives=batch
-            big = RunConfig.load(None, [*BASE, f"world_size={world}", f"global_batch={MICRO * STEPS_PER * world}",
-                                        f"micro_batch={MICRO * STEPS_PER}", "dropout=0.0"])
-            big_objective = build_objective(big, world)
-            big_objective.augment = objective.augment
-            rows = [rank + world * i for i in range(MICRO * STEPS_PER)]
-            want = _reference_grads(big_objective, reference, [_batch(rows)], seed,
-                                    draws.span_of(MICRO * STEPS_PER, rank, world), generator, world)
-        results[case] = {"names": sorted(want), "missing": sorted(set(want) ^ set(got)),
-                         "max_err": max(float((got[n] - want[n]).abs().max()) for n in want),
-                         "max_grad": max(float(want[n].abs().max()) for n in want),
-                         "negatives": metrics["negatives_per_positive"], "loss": float(loss)}
-    Path(f"{out}.{rank}").write_text(json.dumps(results))
+    batches = [_batch([m * MICRO * world + rank + world * i for i in range(MICRO)]) for m in range(STEPS_PER)]
+    got = {}
+    loss, metrics, _ = cached_micro_steps(engine, objective, batches, seed, span, generator,
+                                          lambda: got.update(_grads(engine.module)))
+    if case == "replay":
+        want = _reference_grads(objective, reference, batches, seed, span, generator, world)
+    else:  # one micro-batch of MICRO x STEPS_PER clips per rank, no accumulation, negatives=batch
+        big = RunConfig.load(None, [*BASE, f"world_size={world}", f"global_batch={MICRO * STEPS_PER * world}",
+                                    f"micro_batch={MICRO * STEPS_PER}", "dropout=0.0"])
+        big_objective = build_objective(big, world)
+        big_objective.augment = objective.augment
+        rows = [rank + world * i for i in range(MICRO * STEPS_PER)]
+        want = _reference_grads(big_objective, reference, [_batch(rows)], seed,
+                                draws.span_of(MICRO * STEPS_PER, rank, world), generator, world)
+    return {"names": sorted(want), "missing": sorted(set(want) ^ set(got)),
+            "max_err": max(float((got[n] - want[n]).abs().max()) for n in want),
+            "max_grad": max(float(want[n].abs().max()) for n in want),
+            "negatives": metrics["negatives_per_positive"], "loss": float(loss)}
 
 
 @pytest.mark.parametrize("world", [1, 2])
