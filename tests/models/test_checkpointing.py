@@ -13,7 +13,7 @@ from scaling.objectives import build_objective
 CONFIGS = {
     "vatt": ["method=vatt"],
     "vatt_shared": ["method=vatt", "vatt.shared_backbone=true"],
-    "dino_image": ["method=dino", "dino.input=image"],
+    "dino_image": ["method=dino", "dino.input=image", "drop_rate=0.0"],  # the image ViT never drops
     "dino_video": ["method=dino", "dino.input=video"],
 }
 
