@@ -58,7 +58,7 @@ def test_overrides_parse_yaml_values_into_nested_sections():
 
 @pytest.mark.parametrize("overrides,field,allowed", [
     (["size=huge"], "size", "'nano', 'micro', 'tiny', 'small', 'base', 'medium', 'large'"),
-    (["method=simclr"], "method", "'vatt', 'dino'"),
+    (["method=clip"], "method", "'vatt', 'dino', 'simclr'"),
     (["drop_rate=1.0"], "drop_rate", "[0.0, 1.0)"),
     (["drop_rate=-0.1"], "drop_rate", "[0.0, 1.0)"),
     (["global_batch=100", "micro_batch=64"], "global_batch", "multiple of micro_batch"),
