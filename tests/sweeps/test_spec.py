@@ -25,7 +25,7 @@ def spec_file(tmp_path, **fields):
     ({"grid": {"size": ["nano", "nano"]}}, "grid.size"),                            # a repeated value
     ({"grid": {"size": ["nano", "enormous"]}}, "grid.size"),                        # RunConfig rejects it
     ({"grid": {"drop_rate": [0.0, 1.0]}}, "grid.drop_rate"),                        # RunConfig rejects it
-    ({"grid": {"method": ["vatt", "simclr"]}}, "grid.method"),
+    ({"grid": {"method": ["vatt", "clip"]}}, "grid.method"),
     ({"fixed": {**FIXED, "global_batch": 6}}, "fixed/global_batch"),               # fixed value rejected
     ({"search": {"lr": "loguniform(0, 1e-3)"}, "trials": 4}, "search.lr"),          # bad distribution
     ({"search": {"lr": "normal(1e-4, 1e-3)"}, "trials": 4}, "search.lr"),
@@ -60,7 +60,7 @@ def test_an_invalid_spec_names_its_key(tmp_path, fields, key):
     ({"seed": True}, "seed"),
     ({"retries": 1.5}, "retries"),
     ({"name": "two words"}, "name"),
-    ({"per_method": {"simclr": {}}}, "per_method.simclr"),
+    ({"per_method": {"clip": {}}}, "per_method.clip"),
     ({"pruner": {"type": "median", "n_startup_trials": True}}, "pruner.n_startup_trials"),
     ({"launcher": {"type": "local", "parallelism": True}}, "launcher.parallelism"),
     ({"launcher": {"type": "slurm", "profile": "gpu_example", "time": "soon"}}, "launcher.time"),
