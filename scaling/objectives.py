@@ -135,7 +135,30 @@ def same_video_masked(cfg) -> int:
     return cfg.data.repeats - 1 if cfg.vatt.mask_same_video else 0
 
 
-class VATTObjective:
+class _Stateless:
+    """The Objective methods of an objective with no state of its own and nothing to do between
+    optimizer steps (VATT, SimCLR)."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        return {}
+
+    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return unwrap(model).encode(x.to(param_dtype(model)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
+        pass
+
+
+class VATTObjective(_Stateless):
     """NCE(video, audio) + vt_weight x MIL-NCE(video, K captions), negatives gathered over ranks."""
 
     def __init__(self, cfg, world_size: int = 1):
@@ -201,23 +224,8 @@ class VATTObjective:
         return (sigmoid_loss(out["video_va"], out["audio_va"], out["va_log_scale"], out["va_bias"], groups),
                 sigmoid_loss(out["video_vt"], out["text_vt"], out["vt_log_scale"], out["vt_bias"], groups))
 
-    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
-        return {}
-
     def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return unwrap(model).encode_video(x.to(param_dtype(model)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
-        return {}
-
-    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
-        pass
 
 
 class DINOObjective:
@@ -329,7 +337,7 @@ class DINOObjective:
             unwrap(model).load_teacher_shadow(state["teacher_fp32"])
 
 
-class SimCLRObjective:
+class SimCLRObjective(_Stateless):
     """The unimodal contrastive control arm: NT-Xent (SimCLR) between two views of each clip made by
     DINO's global-crop augmentations, negatives gathered over ranks (2 x micro_batch x world - 2)."""
 
@@ -355,23 +363,6 @@ class SimCLRObjective:
         return loss, {"loss": loss.detach(), "retrieval_views_top1": retrieval,
                       "negatives_per_positive": self.negatives_per_positive}
 
-    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
-        return {}
-
-    def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return unwrap(model).encode(x.to(param_dtype(model)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def rank_state_dict(self, model: nn.Module) -> dict[str, Any]:
-        return {}
-
-    def load_rank_state_dict(self, model: nn.Module, state: dict[str, Any]) -> None:
-        pass
 
 
 # The objective of each method of scaling.config.METHODS (the models' table, scaling.models.MODEL_BUILDERS,
