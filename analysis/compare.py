@@ -31,38 +31,75 @@ def _t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(values.mean() - half), float(values.mean() + half)
 
 
-def batch_sensitivity(df: pd.DataFrame, metric: str = "final_knn_top1") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per (method, size, drop rate, batch): mean metric, seeds, CI, retained vs the largest batch;
-    and per (method, size, drop rate): the slope per halving of the batch with its CI over seeds."""
-    runs = fittable(df, metric)
+# The two x-axes of the batch-sensitivity analysis: the optimizer (global) batch, and the contrastive
+# batch, negatives per positive + 1 (for an arm without negatives, DINO, only the first applies).
+X_AXES = {"global_batch": "optimizer batch", "contrasted_batch": "negatives per positive + 1"}
+
+
+def _retained_interval(values: np.ndarray, largest: np.ndarray, level: float = 0.95,
+                       resamples: int = 2000) -> tuple[float, float]:
+    """A percentile bootstrap interval of mean(values) / mean(largest), resampling the seeds of each
+    batch independently (the two batches' seeds are different runs)."""
+    values, largest = values[np.isfinite(values)], largest[np.isfinite(largest)]
+    if values.size < 2 or largest.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(0)
+    num = rng.choice(values, (resamples, values.size)).mean(1)
+    den = rng.choice(largest, (resamples, largest.size)).mean(1)
+    ok = den != 0
+    ratio = num[ok] / den[ok]
+    return float(np.quantile(ratio, (1 - level) / 2)), float(np.quantile(ratio, (1 + level) / 2))
+
+
+def _with_contrasted_batch(runs: pd.DataFrame) -> pd.DataFrame:
+    npp = pd.to_numeric(runs.get("negatives_per_positive"), errors="coerce") if "negatives_per_positive" in runs \
+        else pd.Series(np.nan, index=runs.index)
+    return runs.assign(contrasted_batch=npp + 1)
+
+
+def batch_sensitivity(df: pd.DataFrame, metric: str = "final_knn_top1",
+                      x: str = "global_batch") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (method, size, drop rate, x): mean metric, seeds, CI, the fraction retained of the largest
+    x's mean (with a bootstrap CI); and per (method, size, drop rate): the slope per halving of x with
+    its CI over seeds. x is the optimizer batch (global_batch) or the contrastive batch
+    (contrasted_batch = negatives per positive + 1), so a reader sees which one an arm follows."""
+    if x not in X_AXES:
+        raise ValueError(f"x must be one of {', '.join(X_AXES)}; got {x!r}")
+    runs = _with_contrasted_batch(fittable(df, metric))
+    runs = runs.loc[runs[x].notna()] if not runs.empty else runs
     if runs.empty:
         return pd.DataFrame(), pd.DataFrame()
+    runs = runs.assign(**{x: runs[x].astype(int)})
     rows, slopes = [], []
     for key, group in runs.groupby(GROUP, dropna=False):
-        if group["global_batch"].nunique() < 1:
-            continue
-        by_batch = group.groupby("global_batch")
-        largest = by_batch[metric].mean().loc[group["global_batch"].max()]
-        for batch, g in by_batch:
+        by_x = group.groupby(x)
+        top = group[x].max()
+        largest_values = by_x.get_group(top)[metric].to_numpy(float)
+        largest = largest_values.mean()
+        for value, g in by_x:
             values = g[metric].to_numpy(float)
             lo, hi = _t_interval(values)
-            rows.append({**dict(zip(GROUP, key)), "global_batch": int(batch), "mean": values.mean(), "seeds": values.size,
+            r_lo, r_hi = _retained_interval(values, largest_values) if value != top else (1.0, 1.0)
+            npp = g["negatives_per_positive"] if "negatives_per_positive" in g else pd.Series(dtype=float)
+            rows.append({**dict(zip(GROUP, key)), x: int(value), "mean": values.mean(), "seeds": values.size,
                          "ci_low": lo, "ci_high": hi,
-                         "negatives_per_positive": (g["negatives_per_positive"].mean()
-                                                    if g["negatives_per_positive"].notna().any() else None),
+                         **({"global_batch": int(g["global_batch"].iloc[0])} if x != "global_batch" else {}),
+                         "negatives_per_positive": npp.mean() if npp.notna().any() else None,
                          "micro_batch": g["micro_batch"].iloc[0], "samples_seen": g["samples_seen"].iloc[0],
-                         "retained": values.mean() / largest if largest else math.nan})
-        if group["global_batch"].nunique() >= 2:
+                         "retained": values.mean() / largest if largest else math.nan,
+                         "retained_ci_low": r_lo, "retained_ci_high": r_hi})
+        if group[x].nunique() >= 2:
             per_seed = []
             for _, g in group.groupby("seed"):
-                if g["global_batch"].nunique() >= 2:
-                    slope = np.polyfit(np.log2(g["global_batch"].to_numpy(float)), g[metric].to_numpy(float), 1)[0]
-                    per_seed.append(-slope)  # change per halving of the batch
+                if g[x].nunique() >= 2:
+                    slope = np.polyfit(np.log2(g[x].to_numpy(float)), g[metric].to_numpy(float), 1)[0]
+                    per_seed.append(-slope)  # change per halving
             per_seed = np.array(per_seed)
             lo, hi = _t_interval(per_seed)
-            slopes.append({**dict(zip(GROUP, key)), "slope_per_halving": per_seed.mean() if per_seed.size else math.nan,
+            slopes.append({**dict(zip(GROUP, key)), "x": x, "slope_per_halving": per_seed.mean() if per_seed.size else math.nan,
                            "ci_low": lo, "ci_high": hi, "seeds": per_seed.size,
-                           "batches": sorted(int(b) for b in group["global_batch"].unique())})
+                           "excludes_zero": bool(np.isfinite(lo) and (lo > 0 or hi < 0)),
+                           x.replace("_batch", "") + "_batches": sorted(int(b) for b in group[x].unique())})
     return pd.DataFrame(rows), pd.DataFrame(slopes)
 
 
@@ -130,16 +167,16 @@ def droptoken(df: pd.DataFrame, metric: str = "final_knn_top1") -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadWarning)
         runs = fittable(df, metric)
-    runs = runs.loc[runs["method"] == "vatt"]
-    # Only (size, batch) settings that ran more than one drop rate compare like with like.
-    rates = runs.groupby(["size", "global_batch"])["drop_rate"].transform("nunique")
+    runs = runs.loc[runs["method"].astype(str).str.startswith("vatt")]
+    # Only (arm, size, batch) settings that ran more than one drop rate compare like with like.
+    rates = runs.groupby(["method", "size", "global_batch"])["drop_rate"].transform("nunique")
     runs = runs.loc[rates >= 2]
     if runs.empty:
         return pd.DataFrame()
-    table = runs.groupby(["size", "global_batch", "drop_rate"], dropna=False).agg(
+    table = runs.groupby(["method", "size", "global_batch", "drop_rate"], dropna=False).agg(
         total_flops=("total_flops", "mean"), metric=(metric, "mean"), seeds=(metric, "size"),
         samples_per_s=("samples_per_s", "mean") if "samples_per_s" in runs else (metric, "size")).reset_index()
-    table["pareto"] = pareto(table, "total_flops", "metric")
+    table["pareto"] = pd.concat([pareto(g, "total_flops", "metric") for _, g in table.groupby("method")])
     return table
 
 

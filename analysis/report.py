@@ -66,6 +66,7 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
             raise ValueError(f"no metric {metric!r} in the runs; available: "
                              f"{', '.join(c for c in df.columns if c.startswith(('final_', 'best_')))}")
         sens, slopes = compare.batch_sensitivity(df, metric)
+        sens_neg, slopes_neg = compare.batch_sensitivity(df, metric, x="contrasted_batch")
         points, fits = compare.model_scaling(df, metric, bootstrap=bootstrap)
         drop = compare.droptoken(df, metric)
         gain = compare.random_init_gain(df, metric)
@@ -80,25 +81,33 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
     ablation = compare.ablation_table(sens)
     (out / "batch_sensitivity.md").write_text(
         f"# Batch sensitivity ({label})\n\nMean over seeds ± half the 95% CI, by global batch:\n\n{_md(ablation)}\n"
-        f"Slope per halving of the batch (points of {label}; 95% CI over seeds):\n\n{_md(slopes)}")
+        f"Slope per halving of the batch (points of {label}; 95% CI over seeds):\n\n{_md(slopes)}\n"
+        f"Slope per halving of the contrasted batch, negatives per positive + 1 (arms with negatives):\n\n"
+        f"{_md(slopes_neg)}")
+    sens_neg.to_csv(out / "batch_sensitivity_negatives.csv", index=False)
     points.to_csv(out / "scaling.csv", index=False)
     drop.to_csv(out / "droptoken.csv", index=False)
     gain.to_csv(out / "random_init.csv", index=False)
     fairness = compare.fairness(df)
     (out / "fits.json").write_text(json.dumps({"metric": metric, "model_scaling": fits,
                                                "batch_slopes": slopes.to_dict(orient="records"),
+                                               "negatives_slopes": slopes_neg.to_dict(orient="records"),
                                                "fairness": fairness}, indent=2, default=str))
     figures = []
     if not sens.empty:
         figures.append(("Batch sensitivity", plots.batch_sensitivity_plot(sens, label, out, df, metric)[0]))
+    if not sens_neg.empty:
+        figures.append(("Batch sensitivity against negatives per positive",
+                        plots.batch_sensitivity_plot(sens_neg, label, out, df, metric, x="contrasted_batch")[0]))
     if not points.empty:
         figures.append(("Model scaling", plots.model_scaling_plot(points, fits, out)[0]))
     if not drop.empty:
         figures.append(("DropToken frontier", plots.droptoken_plot(drop, label, out)[0]))
     written.update({"fits": out / "fits.json", "batch_sensitivity": out / "batch_sensitivity.csv",
+                    "batch_sensitivity_negatives": out / "batch_sensitivity_negatives.csv",
                     "scaling": out / "scaling.csv", "random_init": out / "random_init.csv", "figures": [p for _, p in figures]})
     (out / "report.html").write_text(_report_html(df, sens, ablation, slopes, fits, drop, gain, fairness, figures,
-                                                  notes, label, paths))
+                                                  notes, label, paths, sens_neg, slopes_neg))
     written["report"] = out / "report.html"
     return written
 
@@ -128,6 +137,13 @@ ARMS = {
                         "softmax denominator (vatt.loss = asymmetric)"),
     "vatt+sigmoid": ("VATT with SigLIP's pairwise sigmoid loss and its learnable scale and bias "
                      "(vatt.loss = sigmoid): no softmax over the batch"),
+    "vatt+cached": ("VATT with GradCache (vatt.negatives = cached): every clip of the optimizer batch is a "
+                    "negative, at the memory of one micro-batch"),
+    "vatt+sigmoid+cached": "VATT with the sigmoid loss and GradCache's optimizer-batch negatives",
+    "vatt+queue": ("VATT with a FIFO queue of past embeddings as extra negatives (vatt.negatives = queue; "
+                   "MoCo-style, the queued embeddings are stale by up to queue_size / batch steps)"),
+    "vatt+accum": ("VATT with in-batch negatives under gradient accumulation: it contrasts one micro-batch "
+                   "(x ranks), fewer clips than its optimizer batch"),
     "dino": "plain DINO: self-distillation with a centred, sharpened EMA teacher, nothing else",
     "simclr": ("SimCLR: NT-Xent between two augmented views of each clip on the same video backbone: "
                "contrastive like VATT, unimodal like DINO (the control arm)"),
@@ -139,7 +155,8 @@ ARMS = {
 }
 
 
-def _report_html(df, sens, ablation, slopes, fits, drop, gain, fairness, figures, notes, label, paths) -> str:
+def _report_html(df, sens, ablation, slopes, fits, drop, gain, fairness, figures, notes, label, paths,
+                 sens_neg, slopes_neg) -> str:
     states = df["state"].value_counts().to_dict()
     arms = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(ARMS.get(m, m))}</li>"
                    for m in sorted(df["method"].dropna().unique()))
@@ -168,8 +185,16 @@ seeds, same protocol); gain in points with its 95% t-interval over seeds.</p>{_h
 <p>Mean over seeds ± half the 95% t-interval. The optimizer batch is the global batch; VATT's negatives
 per positive (all-gathered, per micro-step) are shown beside it.</p>
 {_html_table(ablation)}
-<h3>Per batch</h3>{_html_table(sens)}
-<h3>Slope per halving of the batch</h3>{_html_table(slopes)}
+<h3>Per batch</h3><p>retained: the fraction of the arm's largest-batch mean, with a 95% bootstrap
+interval over seeds.</p>{_html_table(sens)}
+<h3>Slope per halving of the batch</h3><p>Points of {html.escape(label)} gained per halving (negative: lost),
+fitted per seed against log2 of the batch; 95% t-interval over seeds.</p>{_html_table(slopes)}
+<h3>Against negatives per positive</h3>
+<p>The same runs with the contrasted batch (negatives per positive + 1) as the x-axis, for the arms that
+have negatives. An arm whose slope follows this axis and not the optimizer batch degrades through its
+negatives (compare vatt+accum, with few negatives at a large optimizer batch, and vatt+cached, with many at
+the memory of a small one).</p>
+{_html_table(sens_neg)}{_html_table(slopes_neg)}
 <h2>Model scaling fits</h2><ul>{fit_items}</ul>
 <h2>DropToken</h2>{_html_table(drop)}
 <h2>Figures</h2>{figs}

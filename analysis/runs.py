@@ -45,16 +45,29 @@ def baseline_column(metric: str) -> str | None:
     return metric.replace("final_", "random_init_", 1) if metric and metric.startswith("final_") else None
 
 
-def arm(cfg: dict[str, Any]) -> str | None:
+def arm(cfg: dict[str, Any], negatives_per_positive: float | None = None) -> str | None:
     """The compared arm a run belongs to: its method, except that DINO with DINOv2's KoLeo term on
     (dino.koleo_weight > 0) is its own arm, "dino+koleo", never pooled with plain DINO, and KoLeo
-    with the self-distillation loss off (dino.distill_weight = 0, an ablation) is "koleo"; VATT with
-    a loss other than the default symmetric NCE is "vatt+asymmetric" or "vatt+sigmoid"."""
+    with the self-distillation loss off (dino.distill_weight = 0, an ablation) is "koleo".
+
+    VATT's arm names its loss when not the default symmetric NCE ("+asymmetric", "+sigmoid") and its
+    negatives when not the micro-batch's: "+cached" (GradCache: the optimizer batch's) or "+queue";
+    with in-batch negatives under gradient accumulation, so that the run contrasts fewer clips than
+    its optimizer batch (negatives_per_positive < global_batch - 1), "+accum". Within one arm the
+    negatives per positive are then a function of the optimizer batch, and the two x-axes of the
+    batch-sensitivity analysis never pool unlike runs."""
     method = cfg.get("method")
     dino = cfg.get("dino") or {}
-    loss = (cfg.get("vatt") or {}).get("loss") or "nce"
-    if method == "vatt" and loss != "nce":
-        return f"vatt+{loss}"
+    vatt = cfg.get("vatt") or {}
+    if method == "vatt":
+        name = "vatt" + ("" if (vatt.get("loss") or "nce") == "nce" else f"+{vatt['loss']}")
+        negatives = vatt.get("negatives") or "batch"
+        if negatives != "batch":
+            return f"{name}+{negatives}"
+        batch = cfg.get("global_batch")
+        if negatives_per_positive is not None and batch and negatives_per_positive < batch - 1:
+            return f"{name}+accum"
+        return name
     if method == "dino" and (dino.get("koleo_weight") or 0) > 0:
         return "koleo" if dino.get("distill_weight", 1.0) == 0 else "dino+koleo"
     return method
@@ -63,13 +76,14 @@ def arm(cfg: dict[str, Any]) -> str | None:
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: its axes, cost, final and best metrics, wall time and state.
 
-    `method` is the run's arm (see `arm`): vatt, vatt+asymmetric, vatt+sigmoid, dino, dino+koleo or koleo."""
+    `method` is the run's arm (see `arm`): vatt (with +asymmetric or +sigmoid, and +cached, +queue or
+    +accum), simclr, dino, dino+koleo or koleo."""
     cfg = yaml.safe_load((run_dir / schema.CONFIG).read_text()) or {}
     summary = schema.read_summary(run_dir)
     row: dict[str, Any] = {"run_dir": str(run_dir), "run": run_dir.name}
     for axis in AXES:
         row[axis] = cfg.get(axis)
-    row["method"] = arm(cfg)
+    row["method"] = arm(cfg, summary.get(schema.NEGATIVES_PER_POSITIVE))
     for key in ("koleo_weight", "distill_weight"):
         row[f"dino.{key}"] = (cfg.get("dino") or {}).get(key) if cfg.get("method") == "dino" else None
     data = cfg.get("data", {}) or {}

@@ -36,6 +36,9 @@ DEFAULT_STEPS = 50
 
 
 # ----------------------------------------------------------------------------- sections
+SYNTHETIC_MAX_CLASSES = 144  # scaling.data.synthetic.MAX_CLASSES (a test keeps the two equal)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where clips come from and their geometry (shared by both methods, so comparisons are fair)."""
@@ -77,7 +80,11 @@ class DataConfig:
         for name in ("train_size", "eval_size", "frames", "resolution",
                      "audio_samples", "sample_rate", "captions", "max_words", "vocab_size"):
             integer(f"data.{name}", getattr(self, name), exclusive_minimum=0)
-        integer("data.num_classes", self.num_classes, minimum=2, note="need at least 2 classes")
+        if self.source == "synthetic":  # 6 shapes x 8 directions, x 3 speed bands beyond 48 classes
+            integer("data.num_classes", self.num_classes, minimum=2, maximum=SYNTHETIC_MAX_CLASSES,
+                    note="the synthetic clips have 6 shapes x 8 directions x 3 speed bands")
+        else:
+            integer("data.num_classes", self.num_classes, minimum=2, note="need at least 2 classes")
         integer("data.num_workers", self.num_workers, minimum=0)
         integer("data.seed", self.seed, minimum=0)
         number("data.fps", self.fps, exclusive_minimum=0)

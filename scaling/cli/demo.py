@@ -112,7 +112,8 @@ def _demo_summary(out: Path) -> None:
             print(f"scaling exponent {name.split(':')[0]}: not fitted ({fit.get('skipped', 'no fit')})")
     drop = table("droptoken.csv")
     for _, r in drop.loc[drop["drop_rate"] > 0].iterrows() if not drop.empty else []:
-        same = drop.loc[(drop["drop_rate"] == 0) & (drop["size"] == r["size"]) & (drop["global_batch"] == r["global_batch"])]
+        same = drop.loc[(drop["drop_rate"] == 0) & (drop["method"] == r["method"]) & (drop["size"] == r["size"])
+                        & (drop["global_batch"] == r["global_batch"])]
         if same.empty:
             continue
         base = same.iloc[0]

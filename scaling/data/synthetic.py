@@ -14,7 +14,11 @@ from scaling.validate import choice, integer, number
 
 SHAPES = ("disk", "square", "ring", "cross", "diamond", "triangle")
 DIRECTIONS = ("right", "up right", "up", "up left", "left", "down left", "down", "down right")
-MAX_CLASSES = len(SHAPES) * len(DIRECTIONS)
+SPEED_BANDS = 3
+PAIRS = len(SHAPES) * len(DIRECTIONS)
+# Up to 48 classes, a class is a (shape, direction) pair and speed is nuisance; beyond 48 the speed
+# band (slow, moderate, fast) joins the class, up to 144 look-alike classes that differ in one factor.
+MAX_CLASSES = PAIRS * SPEED_BANDS
 
 SHAPE_WORDS = {
     "disk": ("disk", "circle", "dot", "ball"),
@@ -101,10 +105,13 @@ def _int_at_least(name: str, value, minimum: int = 1, maximum: int | None = None
 
 
 class SyntheticClips(torch.utils.data.Dataset):
-    """Procedural clips whose class is a (shape, motion direction) pair.
+    """Procedural clips whose class is a (shape, motion direction) pair, or, with more than 48
+    classes, a (shape, direction, speed band) triple.
 
-    Colour, background texture, start position, size and speed are per-instance nuisance, and
-    objects wrap around the frame edges, so no single pixel and no mean colour carries the class.
+    Colour, background texture, start position, size and (up to 48 classes) speed are per-instance
+    nuisance, and objects wrap around the frame edges, so no single pixel and no mean colour carries
+    the class. With speed in the class, each class has look-alikes that differ from it in shape
+    only, in direction only or in speed only: the hard negatives of instance discrimination.
     """
 
     def __init__(self, split, size, *, num_classes=10, frames=8, resolution=64, audio_samples=4096,
@@ -112,7 +119,8 @@ class SyntheticClips(torch.utils.data.Dataset):
         self.split = choice("split", split, sorted(_SPLIT_CODES))
         self.size = _int_at_least("size", size, minimum=0)
         self.num_classes = _int_at_least("num_classes", num_classes, minimum=2, maximum=MAX_CLASSES,
-                                         note=f"{len(SHAPES)} shapes x {len(DIRECTIONS)} directions")
+                                         note=f"{len(SHAPES)} shapes x {len(DIRECTIONS)} directions x "
+                                              f"{SPEED_BANDS} speed bands")
         self.frames = _int_at_least("frames", frames)
         self.resolution = _int_at_least("resolution", resolution, minimum=8)
         self.audio_samples = _int_at_least("audio_samples", audio_samples)
@@ -125,9 +133,13 @@ class SyntheticClips(torch.utils.data.Dataset):
 
         # c = 6q + s -> shape s, direction (q + 3s) % 8: a bijection onto all 48 pairs in which
         # even the first 10 classes vary both shape and direction, so neither alone suffices.
+        # Beyond 48 classes, class c has pair c % 48 in speed band c // 48 (band 0 is the slowest).
         classes = np.arange(self.num_classes)
-        self.class_shape = classes % len(SHAPES)
-        self.class_direction = (classes // len(SHAPES) + 3 * self.class_shape) % len(DIRECTIONS)
+        pairs = classes % PAIRS
+        self.class_shape = pairs % len(SHAPES)
+        self.class_direction = (pairs // len(SHAPES) + 3 * self.class_shape) % len(DIRECTIONS)
+        self.speed_in_class = self.num_classes > PAIRS
+        self.class_speed = classes // PAIRS if self.speed_in_class else None
 
         stream = (self.seed * 4 + _SPLIT_CODES[split]) % 2**64
         self._stream_key = _splitmix64(np.array([stream], dtype=np.uint64))[0]
@@ -163,10 +175,12 @@ class SyntheticClips(torch.utils.data.Dataset):
         return [self.describe_class(c) for c in range(self.num_classes)]
 
     def describe_class(self, label: int) -> str:
-        """'<shape> moving <direction>', the two factors that define class `label`."""
+        """'<shape> moving <direction>' (and ', <speed>' with speed in the class): the factors
+        that define class `label`."""
         if not 0 <= label < self.num_classes:
             raise ValueError(f"label must be in [0, {self.num_classes}), got {label}")
-        return f"{SHAPES[self.class_shape[label]]} moving {DIRECTIONS[self.class_direction[label]]}"
+        name = f"{SHAPES[self.class_shape[label]]} moving {DIRECTIONS[self.class_direction[label]]}"
+        return f"{name}, {SPEED_WORDS[self.class_speed[label]][0]}" if self.speed_in_class else name
 
     # ---- randomness -------------------------------------------------------------------------
 
@@ -186,6 +200,15 @@ class SyntheticClips(torch.utils.data.Dataset):
             columns = np.arange(1, self._num_columns + 1, dtype=np.uint64) * _GOLDEN
             bits = _splitmix64(clip_keys[:, None] + columns[None, :]) >> np.uint64(11)
         return bits.astype(np.float64) * 2.0**-53
+
+    def _class_uniforms(self, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The clip's uniforms, with the speed column moved into the class's speed band when speed
+        is part of the class: band k of 3 covers [k + 0.15, k + 0.85) / 3, so the bands leave gaps
+        and a caption's speed word (a third of the range each) names the band."""
+        u = self._uniforms(idx)
+        if self.speed_in_class:
+            u[:, SPEED] = (self.class_speed[labels] + 0.15 + 0.7 * u[:, SPEED]) / SPEED_BANDS
+        return u
 
     def _labels(self, idx: np.ndarray) -> np.ndarray:
         # Consecutive indices cycle through the classes from a stream-specific offset, so any
@@ -255,7 +278,9 @@ class SyntheticClips(torch.utils.data.Dataset):
         """(B, T, H, W) coverage in [0, 1] of the class object and its same-coloured distractors."""
         n, r, frames = u.shape[0], self.resolution, self.frames
         # Fast enough that direction shows inside one 4-frame voxel (4-7 px at 32 px).
-        speed = r * (0.04 + 0.03 * u[:, SPEED])
+        # With speed in the class, a wider range (0.024-0.096 of the frame per frame, in three
+        # separated bands) keeps the bands apart at 32 px.
+        speed = r * ((0.02 + 0.08 * u[:, SPEED]) if self.speed_in_class else (0.04 + 0.03 * u[:, SPEED]))
         angle = torch.from_numpy(direction_id).float() * (math.pi / 4)
         dx, dy = self._offsets(u[:, POS_X] * r, u[:, POS_Y] * r, speed, angle)
         # Radius ~ a third of the 16-px voxel at 32 px, so the silhouette spans several pixels.
@@ -339,7 +364,8 @@ class SyntheticClips(torch.utils.data.Dataset):
         """The caption strings behind `text` for the clips at `indices` (for inspection and demos)."""
         idx = self._check_indices(indices)
         labels = self._labels(idx)
-        return self._caption_texts(self._uniforms(idx), self.class_shape[labels], self.class_direction[labels])
+        return self._caption_texts(self._class_uniforms(idx, labels), self.class_shape[labels],
+                                   self.class_direction[labels])
 
     def _caption_texts(self, u: np.ndarray, shape_id: np.ndarray, direction_id: np.ndarray) -> list[list[str]]:
         """`captions` different descriptions per clip: templates rotate, synonyms are drawn."""
@@ -365,8 +391,8 @@ class SyntheticClips(torch.utils.data.Dataset):
     def __getitems__(self, indices) -> dict:
         """The clips at `indices`, rendered together and stacked along a new batch dim."""
         idx = self._check_indices(indices)
-        u64 = self._uniforms(idx)
         labels = self._labels(idx)
+        u64 = self._class_uniforms(idx, labels)
         shape_id, direction_id = self.class_shape[labels], self.class_direction[labels]
         texts = self._caption_texts(u64, shape_id, direction_id)
         # Discrete picks come from the float64 table so video and captions agree on the colour;

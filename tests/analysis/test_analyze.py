@@ -17,9 +17,12 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "analysis" / "notebooks"
 SPEC = {
     "name": "analysis_fixture",
     "fixed": {**FIXED, "eval.linear_probe": False},
-    "grid": [{"method": ["vatt", "dino"], "global_batch": [4, 8], "seed": [0, 1]},
-             {"method": ["vatt", "dino"], "size": ["micro"]},
-             {"method": ["vatt"], "drop_rate": [0.5]},
+    # No accumulation (micro = global batch): VATT's negatives follow its batch, so it stays one arm
+    # (in-batch negatives under accumulation are the arm vatt+accum).
+    "grid": [{"method": ["vatt", "dino"], "global_batch": [4], "micro_batch": [4], "seed": [0, 1]},
+             {"method": ["vatt", "dino"], "global_batch": [8], "micro_batch": [8], "seed": [0, 1]},
+             {"method": ["vatt", "dino"], "size": ["micro"], "micro_batch": [8]},
+             {"method": ["vatt"], "drop_rate": [0.5], "micro_batch": [8]},
              {"method": ["dino"], "dino.koleo_weight": [0.5], "global_batch": [8]}],
     "launcher": {"type": "debug"},
 }
@@ -57,13 +60,14 @@ def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path
     assert f"report: {out / 'report.html'}" in printed
     for name in ("runs.csv", "fits.json", "batch_sensitivity.csv", "batch_sensitivity.md", "scaling.csv",
                  "batch_sensitivity.png", "batch_sensitivity.svg", "model_scaling.png", "model_scaling.svg",
-                 "droptoken.png", "droptoken.svg", "random_init.csv", "report.html"):
+                 "droptoken.png", "droptoken.svg", "random_init.csv", "report.html",
+                 "batch_sensitivity_negatives.csv", "batch_sensitivity_negatives.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     page = (out / "report.html").read_text()
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 3 and all(len(i) > 1000 for i in images)
+    assert len(images) == 4 and all(len(i) > 1000 for i in images)
     for heading in ("What the comparison holds fixed", "Arms", "Learning against the random-init backbone",
-                    "Batch sensitivity",
+                    "Batch sensitivity", "Against negatives per positive",
                     "Slope per halving", "Model scaling fits", "DropToken"):
         assert heading in page
     fits = json.loads((out / "fits.json").read_text())
@@ -139,5 +143,11 @@ def test_each_objective_is_its_own_arm():
     assert arm({"method": "dino", "dino": {"koleo_weight": 1.0, "distill_weight": 0.0}}) == "koleo"
     assert arm({"method": "vatt", "vatt": {"loss": "nce"}}) == "vatt"
     assert arm({"method": "vatt", "vatt": {"loss": "asymmetric"}}) == "vatt+asymmetric"
+    assert arm({"method": "vatt", "vatt": {"loss": "sigmoid", "negatives": "cached"}}) == "vatt+sigmoid+cached"
+    assert arm({"method": "vatt", "vatt": {"negatives": "queue"}}) == "vatt+queue"
+    # In-batch negatives under accumulation contrast fewer clips than the optimizer batch: own arm.
+    assert arm({"method": "vatt", "global_batch": 64}, negatives_per_positive=7) == "vatt+accum"
+    assert arm({"method": "vatt", "global_batch": 64}, negatives_per_positive=63) == "vatt"
+    assert arm({"method": "vatt", "global_batch": 64, "vatt": {"negatives": "cached"}}, 63) == "vatt+cached"
     assert arm({"method": "vatt", "vatt": {"loss": "sigmoid"}}) == "vatt+sigmoid"
     assert arm({"method": "vatt"}) == "vatt"  # written before vatt.loss

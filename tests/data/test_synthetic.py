@@ -10,11 +10,14 @@ from scaling.data.synthetic import (
     DIRECTION_WORDS,
     DIRECTIONS,
     MAX_CLASSES,
+    PAIRS,
     SHAPE_WORDS,
+    SPEED_WORDS,
     SHAPES,
     SyntheticClips,
     measure_throughput,
 )
+from scaling.config import SYNTHETIC_MAX_CLASSES, ConfigError, DataConfig
 from scaling.data.text import encode_caption
 
 SMALL = dict(frames=4, resolution=32, audio_samples=512, captions=3, max_words=12, vocab_size=1000)
@@ -96,6 +99,45 @@ def test_every_class_up_to_the_maximum_is_a_distinct_shape_and_direction_pair():
     # Even the first ten classes need both factors: neither shape nor direction alone names them.
     first_ten = set(zip(data.class_shape[:10], data.class_direction[:10]))
     assert len({s for s, _ in first_ten}) < 10 and len({d for _, d in first_ten}) < 10
+
+
+def test_beyond_48_classes_the_speed_band_joins_the_class_as_a_third_factor():
+    data = SyntheticClips("train", MAX_CLASSES, num_classes=MAX_CLASSES, **SMALL)
+    assert MAX_CLASSES == 3 * PAIRS == 144
+    triples = set(zip(data.class_shape, data.class_direction, data.class_speed))
+    assert len(triples) == MAX_CLASSES == len(set(data.class_names))
+    # Each class has look-alikes that differ in speed alone: the same pair in the other two bands.
+    assert (data.class_shape[:PAIRS] == data.class_shape[PAIRS:2 * PAIRS]).all()
+    assert data.describe_class(PAIRS + 1).endswith(", " + SPEED_WORDS[1][0])
+    assert SyntheticClips("train", 4, num_classes=PAIRS, **SMALL).class_speed is None
+    assert SYNTHETIC_MAX_CLASSES == MAX_CLASSES  # the config refuses beyond it, before any data exists
+    with pytest.raises(ConfigError, match="data.num_classes"):
+        DataConfig(num_classes=MAX_CLASSES + 1).validate()
+
+
+def _speed_per_frame(video):
+    """The object's speed in pixels per frame, from the phase of the frame-to-frame cross power."""
+    background = video[..., ::4, ::4].flatten(3).median(dim=3).values[..., None, None]
+    silhouette = ((video - background).abs().amax(dim=1) > 0.2).float()
+    spectrum = torch.fft.rfft2(silhouette)
+    cross_power = (spectrum[:, 1:] * spectrum[:, :-1].conj()).sum(1)
+    phase = torch.stack([torch.angle(cross_power[:, 0, 1]), torch.angle(cross_power[:, 1, 0])], 1)
+    return phase.norm(dim=1) * video.shape[-1] / (2 * torch.pi)
+
+
+def test_speed_bands_are_separated_in_the_video_and_named_by_the_captions():
+    data = SyntheticClips("train", 2 * MAX_CLASSES, num_classes=MAX_CLASSES, difficulty=0.0, frames=8,
+                          resolution=32, audio_samples=512, captions=3, max_words=12, vocab_size=1000)
+    indices = list(range(2 * MAX_CLASSES))
+    batch = data.__getitems__(indices)
+    band = torch.from_numpy(data.class_speed[batch["label"].numpy()])
+    speed = _speed_per_frame(batch["video"])
+    for k in range(2):  # every clip of a band is slower than every clip of the next band
+        assert speed[band == k].max() < speed[band == k + 1].min(), (k, speed[band == k].max(),
+                                                                       speed[band == k + 1].min())
+    for texts, k in zip(data.caption_texts(indices), band.tolist()):
+        named = [t for t in texts if any(w in t for words in SPEED_WORDS for w in words)]
+        assert named and all(any(w in t for w in SPEED_WORDS[k]) for t in named), (texts, k)
 
 
 def _ridge_accuracy(train_x, train_y, test_x, test_y, num_classes):
