@@ -108,7 +108,7 @@ class DataConfig:
 
 
 VATT_LOSSES = ("nce", "asymmetric", "sigmoid")
-VATT_NEGATIVES = ("batch", "cached")
+VATT_NEGATIVES = ("batch", "cached", "queue")
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,17 @@ class VATTConfig:
     mask_same_video: bool = True       # data.repeats > 1: a video's windows are not each other's negatives
     loss: str = "nce"                  # nce (SymmetricNCE) | asymmetric (AsymmetricNCE) | sigmoid (SigLIP)
     negatives: str = "batch"           # batch: the micro-batch x world | cached: GradCache over the optimizer batch
+    #                                    | queue: + a FIFO of past embeddings (MoCo), vatt.loss=nce only
+    queue_size: int = 4096             # vatt.negatives=queue: past clips kept as negatives
 
     def validate(self) -> None:
         flag("vatt.mask_same_video", self.mask_same_video)
         choice("vatt.loss", self.loss, VATT_LOSSES)
         choice("vatt.negatives", self.negatives, VATT_NEGATIVES)
+        integer("vatt.queue_size", self.queue_size, exclusive_minimum=0)
+        if self.negatives == "queue" and self.loss != "nce":
+            raise ConfigError("vatt.negatives", f"queue works with vatt.loss=nce only; got vatt.loss={self.loss!r} "
+                                                "(use negatives=batch or cached with that loss)")
         for name in ("audio_size", "text_size"):
             value = getattr(self, name)
             if value is not None:

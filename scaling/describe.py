@@ -79,13 +79,18 @@ def _vatt_costs(cfg: RunConfig) -> dict[str, Any]:
         fwd_t += k * linear_flops(1, st.width, st.width)
     blocks_v, blocks_a, blocks_t = transformer_flops(sv, nv), transformer_flops(sa, na), k * transformer_flops(st, nt)
     video, audio, text = _train(fwd_v, raw_v), _train(fwd_a, raw_a), _train(fwd_t, raw_t)
-    heads = _train(linear_flops(1, sv.width, v.va_dim) + linear_flops(1, v.va_dim, v.va_dim)
-                   + linear_flops(1, sa.width, v.va_dim) + linear_flops(1, v.va_dim, v.vt_dim)
-                   + linear_flops(k, st.width, v.vt_dim))
-    negatives = cfg.micro_batch * cfg.world_size
+    from scaling.objectives import caches_negatives, contrasted_batch, queued_negatives
+
+    # Each row is scored against every contrasted clip: the micro-batch x ranks, or under GradCache
+    # the optimizer batch.
+    negatives = contrasted_batch(cfg) * cfg.world_size + queued_negatives(cfg)
     loss = _train(2 * negatives * v.va_dim + 2 * negatives * k * v.vt_dim)
+    heads_fwd = (linear_flops(1, sv.width, v.va_dim) + linear_flops(1, v.va_dim, v.va_dim) + linear_flops(1, sa.width, v.va_dim)
+                 + linear_flops(1, v.va_dim, v.vt_dim) + linear_flops(k, st.width, v.vt_dim))
     return {
-        "flops": {"video": video, "audio": audio, "text": text, "heads": heads, "loss": loss},
+        # GradCache's first pass: the whole forward once more, without a graph (hardware, not model, FLOPs).
+        "extra_hardware_flops": fwd_v + fwd_a + fwd_t + heads_fwd if caches_negatives(cfg) else 0,
+        "flops": {"video": video, "audio": audio, "text": text, "heads": _train(heads_fwd), "loss": loss},
         "tokens": {"video": nv, "audio": na, "text": nt * k,
                    "video_full": nv_full, "audio_full": na_full},
         # Evaluation never drops: the whole clip's tokens, tokenizer included.
@@ -287,7 +292,9 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
     per_sample = sum(flops.values())
     # Model FLOPs (what MFU and the analysis count) stay per_sample; with activation checkpointing
     # the hardware also runs the blocks' forward once more in the backward: x 4 instead of x 3.
-    hardware = per_sample + (costs["block_forward_flops"] if cfg.activation_checkpointing else 0)
+    # GradCache (vatt.negatives=cached) runs the forward twice: once more on the hardware too.
+    hardware = (per_sample + (costs["block_forward_flops"] if cfg.activation_checkpointing else 0)
+                + costs.get("extra_hardware_flops", 0))
     precision = resolved_precision(cfg, device)
     stage = engine_zero_stage(cfg.zero_stage, precision)
     states = model_state_bytes(params["trainable"], params["frozen"], stage, cfg.world_size,
@@ -301,10 +308,10 @@ def describe(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
         batch["clips_per_micro_batch"] = cfg.micro_batch // cfg.data.repeats
     if cfg.method == "vatt":
         from scaling.losses import negatives_per_positive
-        from scaling.objectives import contrasted_batch, same_video_masked
+        from scaling.objectives import contrasted_batch, queued_negatives, same_video_masked
 
         batch["negatives_per_positive"] = negatives_per_positive(contrasted_batch(cfg), cfg.world_size,
-                                                                 same_video_masked(cfg))
+                                                                 same_video_masked(cfg), queued_negatives(cfg))
         batch["negatives"] = cfg.vatt.negatives
     elif cfg.method == "simclr":  # the other view is the positive; the other 2N - 2 views are negatives
         batch["negatives_per_positive"] = 2 * cfg.micro_batch * cfg.world_size - 2

@@ -24,13 +24,16 @@ def same_group(groups: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
-             groups: torch.Tensor | None = None) -> torch.Tensor:
+             groups: torch.Tensor | None = None,
+             queue: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Symmetric InfoNCE between paired rows of x and y (B, D), L2-normalised.
 
     Negatives are every other row of the global batch: rows are all-gathered across ranks with
     gradient to the local part. Equals the mean of the cross-entropy of the similarity matrix
     (positives on the diagonal) over rows and over columns. `groups` (B,): rows sharing an id are
-    not each other's negatives (their logits are -inf in both directions).
+    not each other's negatives (their logits are -inf in both directions). `queue` (x_q, y_q), each
+    (Q, D) and already normalised (vatt.negatives=queue): past embeddings, constants, added as
+    negatives: y_q to every x row's softmax and x_q to every y row's.
     """
     x = gather_with_grad(F.normalize(x, dim=-1))
     y = gather_with_grad(F.normalize(y, dim=-1))
@@ -39,17 +42,25 @@ def nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
     if masked is not None:
         logits = logits.masked_fill(masked, float("-inf"))
     target = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    rows, cols = logits, logits.t()
+    if queue is not None:
+        x_q, y_q = queue
+        rows = torch.cat([rows, x @ y_q.t() / temperature], dim=1)
+        cols = torch.cat([cols, y @ x_q.t() / temperature], dim=1)
+    return 0.5 * (F.cross_entropy(rows, target) + F.cross_entropy(cols, target))
 
 
 def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
-                 groups: torch.Tensor | None = None) -> torch.Tensor:
+                 groups: torch.Tensor | None = None,
+                 queue: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Symmetric MIL-NCE: x (B, D) against a bag of K positives y (B, K, D), L2-normalised.
 
     x -> y: -log( sum_k e^{s(x_i, y_ik)} / sum_{j,k} e^{s(x_i, y_jk)} ).
     y -> x: for each bag, -log( sum_k e^{s(y_ik, x_i)} / sum_k sum_j e^{s(y_ik, x_j)} ).
     With K = 1 both reduce to the two directions of `nce_loss`. `groups` (B,): j with the same id as
-    i (j != i) leaves both sums, as in `nce_loss`.
+    i (j != i) leaves both sums, as in `nce_loss`. `queue` (x_q (Q, D), y_q (Q, K, D)), normalised
+    constants: past videos and their bags, added to the x -> y sum (every caption of every queued
+    bag) and to the y -> x sum (every queued video).
     """
     k = y.shape[1]
     x = gather_with_grad(F.normalize(x, dim=-1))
@@ -61,9 +72,14 @@ def mil_nce_loss(x: torch.Tensor, y: torch.Tensor, temperature: float = 0.07,
         sim = sim.masked_fill(masked[:, :, None], float("-inf"))
     # The diagonal as a view: boolean-mask indexing would read the mask's count back to the host.
     positives = torch.diagonal(sim, dim1=0, dim2=1).t()            # (N, K)
-    x_to_y = torch.logsumexp(sim.reshape(n, n * k), dim=1) - torch.logsumexp(positives, dim=1)
+    to_y, to_x = sim.reshape(n, n * k), sim.permute(1, 2, 0).reshape(n, k * n)
     # y -> x: bag i's captions against every video j; sim[j, i, k] laid out as [i, (k, j)].
-    y_to_x = torch.logsumexp(sim.permute(1, 2, 0).reshape(n, k * n), dim=1) - torch.logsumexp(positives, dim=1)
+    if queue is not None:
+        x_q, y_q = queue
+        to_y = torch.cat([to_y, torch.einsum("id,qkd->iqk", x, y_q).reshape(n, -1) / temperature], dim=1)
+        to_x = torch.cat([to_x, torch.einsum("ikd,qd->ikq", y, x_q).reshape(n, -1) / temperature], dim=1)
+    x_to_y = torch.logsumexp(to_y, dim=1) - torch.logsumexp(positives, dim=1)
+    y_to_x = torch.logsumexp(to_x, dim=1) - torch.logsumexp(positives, dim=1)
     return 0.5 * (x_to_y.mean() + y_to_x.mean())
 
 
@@ -132,14 +148,15 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -
     return F.cross_entropy(logits, target)
 
 
-def negatives_per_positive(micro_batch: int, world: int, same_video: int = 0) -> int:
-    """In-batch negatives each positive pair is contrasted with (per direction).
+def negatives_per_positive(micro_batch: int, world: int, same_video: int = 0, queued: int = 0) -> int:
+    """Negatives each positive pair is contrasted with (per direction).
 
     Negatives come from one forward pass across ranks, so under gradient accumulation they are
     micro_batch x world - 1, not the optimizer batch; `same_video` other windows of the positive's
-    own video (repeated sampling, masked out) are not among them.
+    own video (repeated sampling, masked out) are not among them; `queued` past embeddings (a full
+    vatt.negatives=queue) are.
     """
-    return micro_batch * world - 1 - same_video
+    return micro_batch * world - 1 - same_video + queued
 
 
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -29,6 +29,7 @@ from scaling.losses import (
     sigmoid_loss,
 )
 from scaling.models import by_method, crop_geometry
+from scaling.queue import EmbeddingQueue
 
 # A metric is a detached 0-d tensor on the model's device, or a plain number.
 Metric = torch.Tensor | float
@@ -123,6 +124,11 @@ def caches_negatives(cfg) -> bool:
     return cfg.method == "vatt" and cfg.vatt.negatives == "cached" and cfg.accumulation > 1
 
 
+def queued_negatives(cfg) -> int:
+    """Past embeddings a full queue adds to each positive's negatives (vatt.negatives=queue), else 0."""
+    return cfg.vatt.queue_size if cfg.method == "vatt" and cfg.vatt.negatives == "queue" else 0
+
+
 def contrasted_batch(cfg) -> int:
     """Clips per rank whose embeddings one loss contrasts: the micro-batch, or under GradCache the
     rank's whole share of the optimizer batch."""
@@ -137,7 +143,7 @@ def same_video_masked(cfg) -> int:
 
 class _Stateless:
     """The Objective methods of an objective with no state of its own and nothing to do between
-    optimizer steps (VATT, SimCLR)."""
+    optimizer steps (SimCLR; VATT, whose queue of negatives overrides them)."""
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
         return {}
@@ -163,7 +169,10 @@ class VATTObjective(_Stateless):
 
     def __init__(self, cfg, world_size: int = 1):
         self.cfg = cfg
-        self.negatives_per_positive = negatives_per_positive(contrasted_batch(cfg), world_size, same_video_masked(cfg))
+        self.negatives_per_positive = negatives_per_positive(contrasted_batch(cfg), world_size, same_video_masked(cfg),
+                                                             queued_negatives(cfg))
+        self.in_batch_negatives = negatives_per_positive(contrasted_batch(cfg), world_size, same_video_masked(cfg))
+        self.queue = EmbeddingQueue(cfg.vatt.queue_size) if cfg.vatt.negatives == "queue" else None
         # VATT's video augmentation: random resized crop, horizontal flip (not on the synthetic
         # clips, whose class, audio and captions include the motion direction: flip_probability)
         # and colour jitter; no blur/solarise. No hue shift: the HSV round trip is the costliest op
@@ -193,8 +202,13 @@ class VATTObjective(_Stateless):
                   groups: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Metric]]:
         """The loss and metrics of embeddings `embed` made (of one micro-batch, or of a whole
         optimizer batch under vatt.negatives=cached)."""
-        va, vt = self.pair_losses(out, self.cfg.vatt.temperature, groups)
+        queued = self.queue.negatives(out["video_va"].device) if self.queue is not None else None
+        va, vt = self.pair_losses(out, self.cfg.vatt.temperature, groups, queued)
         loss = va + self.cfg.vatt.vt_weight * vt
+        npp = self.negatives_per_positive
+        if self.queue is not None:
+            self.queue.stage(out)
+            npp = self.in_batch_negatives + self.queue.filled  # the queue fills over its first steps
         with torch.no_grad():
             sim = nn.functional.normalize(out["video_va"], dim=-1) @ nn.functional.normalize(out["audio_va"], dim=-1).t()
             if groups is not None:  # retrieval among other videos' audio, as the loss contrasts them
@@ -202,22 +216,25 @@ class VATTObjective(_Stateless):
             target = torch.arange(sim.shape[0], device=sim.device)
             retrieval = (sim.argmax(dim=1) == target).float().mean() * 100
         metrics = {"loss": loss.detach(), "loss_va": va.detach(), "loss_vt": vt.detach(),
-                   "retrieval_va_top1": retrieval, "negatives_per_positive": self.negatives_per_positive}
+                   "retrieval_va_top1": retrieval, "negatives_per_positive": npp}
         if self.cfg.vatt.loss == "sigmoid":
             metrics.update({f"sigmoid_{space}_scale": out[f"{space}_log_scale"].detach().exp().reshape(())
                             for space in ("va", "vt")})
             metrics.update({f"sigmoid_{space}_bias": out[f"{space}_bias"].detach().reshape(()) for space in ("va", "vt")})
         return loss, metrics
 
-    def pair_losses(self, out: dict[str, torch.Tensor], t: float,
-                    groups: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_losses(self, out: dict[str, torch.Tensor], t: float, groups: torch.Tensor | None,
+                    queued: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The video-audio and video-text terms of `vatt.loss`: nce (SymmetricNCE: NCE and MIL-NCE,
-        each the mean of its two directions), asymmetric (AsymmetricNCE, one joint denominator),
-        sigmoid (SigLIP's, each caption a positive of its video)."""
+        each the mean of its two directions; with `queued` past embeddings as extra negatives),
+        asymmetric (AsymmetricNCE, one joint denominator), sigmoid (SigLIP's, each caption a
+        positive of its video)."""
         kind = self.cfg.vatt.loss
         if kind == "nce":
-            return (nce_loss(out["video_va"], out["audio_va"], t, groups),
-                    mil_nce_loss(out["video_vt"], out["text_vt"], t, groups))
+            va_q = (queued["video_va"], queued["audio_va"]) if queued else None
+            vt_q = (queued["video_vt"], queued["text_vt"]) if queued else None
+            return (nce_loss(out["video_va"], out["audio_va"], t, groups, va_q),
+                    mil_nce_loss(out["video_vt"], out["text_vt"], t, groups, vt_q))
         if kind == "asymmetric":
             return (asymmetric_nce_loss(out["video_va"], out["audio_va"], t, groups),
                     asymmetric_nce_loss(out["video_vt"], out["text_vt"], t, groups))
@@ -226,6 +243,19 @@ class VATTObjective(_Stateless):
 
     def encode(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return unwrap(model).encode_video(x.to(param_dtype(model)))
+
+    # vatt.negatives=queue: the queue moves once per optimizer step and is saved with the checkpoint.
+    def after_optimizer_step(self, model: nn.Module, step: int) -> dict[str, float]:
+        if self.queue is not None:
+            self.queue.push()
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue.state_dict()} if self.queue is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.queue is not None and "queue" in state:
+            self.queue.load_state_dict(state["queue"])
 
 
 class DINOObjective:

@@ -42,7 +42,9 @@ def plan(spec: SweepSpec) -> list[dict[str, Any]]:
     for point in spec.grid:
         cfg = spec.run_config({**point, **{k: s.corners()[0] for k, s in spec.search.items()}})
         info = describe(cfg, "cuda")
-        gpu_hours = info["total_flops"] / (spec.estimate["peak_tflops"] * 1e12 * spec.estimate["mfu"]) / 3600
+        # Time follows the hardware's FLOPs: with activation checkpointing or GradCache, more than the model's.
+        hardware_flops = info["hardware_flops_per_sample"] * info["samples"]
+        gpu_hours = hardware_flops / (spec.estimate["peak_tflops"] * 1e12 * spec.estimate["mfu"]) / 3600
         budget = decode_budget(cfg, info["flops_per_sample"], mfu=spec.estimate["mfu"],
                                peak_tflops=spec.estimate["peak_tflops"])
         rows.append({"point": point, "key": point_key(point), "params": sum(info["params"].values()),

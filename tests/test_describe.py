@@ -248,3 +248,20 @@ def test_the_contrastive_loss_flops_of_each_vatt_loss_match_the_counter(loss):
     measured = counted_flops(run)
     analytic = describe(cfg)["flops_per_sample_by_part"]["loss"] * b
     assert abs(analytic / measured - 1) < 0.02, (analytic, measured)
+
+
+def test_gradcache_costs_one_more_forward_on_the_hardware_and_a_loss_over_the_optimizer_batch():
+    base = ["method=vatt", "size=nano", "global_batch=64", "steps=1"]
+    batch = describe(RunConfig.load(None, [*base, "micro_batch=64"]))
+    accum = describe(RunConfig.load(None, [*base, "micro_batch=8"]))
+    cached = describe(RunConfig.load(None, [*base, "micro_batch=8", "vatt.negatives=cached"]))
+    # At equal negatives the model FLOPs equal one big micro-batch's, loss included ...
+    assert cached["flops_per_sample"] == batch["flops_per_sample"]
+    assert cached["flops_per_sample_by_part"]["loss"] == batch["flops_per_sample_by_part"]["loss"]
+    assert accum["flops_per_sample_by_part"]["loss"] == batch["flops_per_sample_by_part"]["loss"] // 8
+    # ... and the hardware runs the forward (the towers and heads: a third of their training FLOPs) twice.
+    parts = cached["flops_per_sample_by_part"]
+    towers = sum(parts[k] for k in ("video", "audio", "text", "heads"))
+    extra = cached["hardware_flops_per_sample"] - batch["hardware_flops_per_sample"]
+    assert abs(extra - towers / 3) / extra < 0.02
+    assert cached["batch"]["negatives_per_positive"] == 63 and accum["batch"]["negatives_per_positive"] == 7

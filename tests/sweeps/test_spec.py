@@ -111,7 +111,8 @@ def test_the_shipped_specs_are_valid_and_plan(path, tmp_path):
 
 
 def test_the_study_specs_ship():
-    assert {"batch_sensitivity", "model_scaling", "droptoken", "lr_tune", "demo"} <= {p.stem for p in SPECS.glob("*.yaml")}
+    assert {"batch_sensitivity", "model_scaling", "droptoken", "lr_tune", "demo", "demo_remedies"} <= {
+        p.stem for p in SPECS.glob("*.yaml")}
     assert Path(SPECS / "lr_tune.yaml").read_text().count("loguniform") >= 1
 
 
@@ -141,3 +142,47 @@ def test_the_demo_spec_is_the_study_the_demo_promises():
     assert all(len({c.seed for c in koleo if c.global_batch == b}) >= 2 for b in batches)
     plain = [c for c in cfgs if c.method == "dino" and c.dino.koleo_weight == 0]
     assert [(c.size, c.global_batch) for c in plain] == [("nano", max(batches))]
+
+
+def _arm(cfg) -> str:
+    from analysis.runs import arm
+
+    npp = (cfg.micro_batch * (cfg.accumulation if cfg.vatt.negatives == "cached" else 1) * cfg.world_size - 1
+           if cfg.method == "vatt" else None)
+    return arm({"method": cfg.method, "global_batch": cfg.global_batch,
+                "vatt": {"loss": cfg.vatt.loss, "negatives": cfg.vatt.negatives},
+                "dino": {"koleo_weight": cfg.dino.koleo_weight}}, npp)
+
+
+def test_the_batch_sensitivity_spec_runs_every_arm_at_every_batch_with_three_seeds():
+    """sweeps/batch_sensitivity.yaml: vatt x loss x negatives, simclr and dino, each at the same six
+    global batches with 3 seeds; GradCache arms at a fixed micro-batch (their memory stays flat)."""
+    spec = load_spec(SPECS / "batch_sensitivity.yaml", check_storage=False)
+    cfgs = [spec.run_config(p) for p in spec.grid]
+    arms = {}
+    for c in cfgs:
+        arms.setdefault(_arm(c), set()).add((c.global_batch, c.seed))
+    expected = {f"vatt{loss}{neg}" for loss in ("", "+asymmetric", "+sigmoid") for neg in ("", "+cached")}
+    assert set(arms) == expected | {"simclr", "dino"}
+    batches = {c.global_batch for c in cfgs}
+    assert len(batches) == 6 and all(v == {(b, s) for b in batches for s in (0, 1, 2)} for v in arms.values())
+    assert {c.micro_batch for c in cfgs if c.vatt.negatives == "cached" and c.method == "vatt"} == {8}
+    assert len({c.total_samples for c in cfgs}) == 1
+
+
+def test_the_remedies_demo_spec_is_the_study_it_promises():
+    """sweeps/demo_remedies.yaml: the 144-class clips; nce, sigmoid and simclr at two batches,
+    GradCache with micro-batch 8 at the larger (63 negatives at the memory of 8), plain DINO,
+    3 seeds each, equal samples, on one CPU machine's local executor."""
+    spec = load_spec(SPECS / "demo_remedies.yaml", check_storage=False)
+    cfgs = [spec.run_config(p) for p in spec.grid]
+    assert {c.data.num_classes for c in cfgs} == {144} and len({c.total_samples for c in cfgs}) == 1
+    arms = {}
+    for c in cfgs:
+        arms.setdefault(_arm(c), set()).add((c.global_batch, c.seed))
+    assert arms["vatt"] == arms["vatt+sigmoid"] == arms["simclr"] == {(b, s) for b in (16, 64) for s in (0, 1, 2)}
+    assert arms["vatt+cached"] == {(64, s) for s in (0, 1, 2)} and arms["dino"] == {(64, s) for s in (0, 1, 2)}
+    cached = [c for c in cfgs if c.vatt.negatives == "cached" and c.method == "vatt"]
+    assert all(c.micro_batch == 8 and c.accumulation == 8 for c in cached)
+    assert all(c.dino.koleo_weight == 0 for c in cfgs if c.method == "dino")
+    assert spec.launcher["type"] == "local"
