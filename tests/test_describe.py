@@ -259,9 +259,13 @@ def test_gradcache_costs_one_more_forward_on_the_hardware_and_a_loss_over_the_op
     assert cached["flops_per_sample"] == batch["flops_per_sample"]
     assert cached["flops_per_sample_by_part"]["loss"] == batch["flops_per_sample_by_part"]["loss"]
     assert accum["flops_per_sample_by_part"]["loss"] == batch["flops_per_sample_by_part"]["loss"] // 8
-    # ... and the hardware runs the forward (the towers and heads: a third of their training FLOPs) twice.
+    # ... and the hardware runs the forward of the towers and heads twice: at least a third of their
+    # training FLOPs (the tokenizers' input needs no gradient, so their forward is more than a
+    # third), less than half.
     parts = cached["flops_per_sample_by_part"]
     towers = sum(parts[k] for k in ("video", "audio", "text", "heads"))
     extra = cached["hardware_flops_per_sample"] - batch["hardware_flops_per_sample"]
-    assert abs(extra - towers / 3) / extra < 0.02
+    assert towers / 3 <= extra < towers / 2
+    assert batch["hardware_flops_per_sample"] == batch["flops_per_sample"]
+    assert accum["hardware_flops_per_sample"] == accum["flops_per_sample"]
     assert cached["batch"]["negatives_per_positive"] == 63 and accum["batch"]["negatives_per_positive"] == 7

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from scaling.config import SYNTHETIC_MAX_CLASSES, ConfigError, DataConfig
 from scaling.data.synthetic import (
     DIRECTION_WORDS,
     DIRECTIONS,
     MAX_CLASSES,
     PAIRS,
     SHAPE_WORDS,
-    SPEED_WORDS,
     SHAPES,
+    SPEED_WORDS,
     SyntheticClips,
     measure_throughput,
 )
-from scaling.config import SYNTHETIC_MAX_CLASSES, ConfigError, DataConfig
 from scaling.data.text import encode_caption
 
 SMALL = dict(frames=4, resolution=32, audio_samples=512, captions=3, max_words=12, vocab_size=1000)
