@@ -305,6 +305,9 @@ class RunConfig:
         number("drop_rate", self.drop_rate, minimum=0.0, exclusive_maximum=1.0)
         for name in ("global_batch", "micro_batch", "world_size"):
             integer(name, getattr(self, name), exclusive_minimum=0)
+        if self.method == "vatt" and self.micro_batch * self.world_size < 2:
+            raise ConfigError("micro_batch", f"got {self.micro_batch} on {self.world_size} rank(s); VATT's FAC heads "
+                                             "batch-normalise over the micro-batch x ranks, which needs at least 2 clips")
         if self.global_batch % (self.micro_batch * self.world_size):
             raise ConfigError(
                 "global_batch",

@@ -239,3 +239,10 @@ def test_replace_round_trips_strings_and_tuples():
     cfg = RunConfig(steps=1, method="dino")
     assert cfg.replace(**{"dino.global_scale": (0.5, 1.0)}).dino.global_scale == (0.5, 1.0)
     assert cfg.replace(**{"data.source": "manifest", "data.path": "a: b.jsonl"}).data.path == "a: b.jsonl"
+
+
+def test_vatt_needs_two_clips_per_batch_norm_batch():
+    with pytest.raises(ConfigError, match="micro_batch.*at least 2 clips"):
+        RunConfig.load(None, ["method=vatt", "global_batch=8", "micro_batch=1"])
+    RunConfig.load(None, ["method=vatt", "global_batch=8", "micro_batch=1", "world_size=2"])
+    RunConfig.load(None, ["method=dino", "global_batch=8", "micro_batch=1"])

@@ -9,8 +9,11 @@ def test_the_demo_pipeline_runs_end_to_end_and_a_rerun_only_redoes_the_analysis(
     spec.write_text(yaml.safe_dump({
         "name": "mini_demo", "dir": str(tmp_path / "sweep"),
         "fixed": {**FIXED, "eval.linear_probe": False},
-        "grid": [{"method": ["vatt", "dino"], "global_batch": [4, 8]},
-                 {"method": ["vatt"], "size": ["micro"]}, {"method": ["vatt"], "drop_rate": [0.5]}],
+        # As the demo: no accumulation, so a VATT run's batch is its contrastive batch (one arm).
+        "grid": [{"method": ["vatt", "dino"], "global_batch": [4], "micro_batch": [4]},
+                 {"method": ["vatt", "dino"], "global_batch": [8], "micro_batch": [8]},
+                 {"method": ["vatt"], "size": ["micro"], "micro_batch": [8]},
+                 {"method": ["vatt"], "drop_rate": [0.5], "micro_batch": [8]}],
         "launcher": {"type": "local", "parallelism": 2}}))
     done = run_cli("demo", "--spec", str(spec), "--launcher", "local", "--bootstrap", "10", timeout=900)
     out = done.stdout
