@@ -21,6 +21,7 @@ from analysis.runs import LoadWarning, baseline_column, fittable
 from scaling.schema import finite_number
 
 GROUP = ["method", "size", "drop_rate"]
+POWER_PARAMS = 3  # E, A and alpha of y = E + A x^(-alpha)
 
 
 def _t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -131,8 +132,13 @@ def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: i
             name = f"{method}:{axis}"
             for xi, yi, run in zip(x, error, g["run"]):
                 points.append({"method": method, "axis": axis, "x": xi, "error": yi, "run": run})
-            if np.unique(x[np.isfinite(x)]).size < 2:
-                fits[name] = {"skipped": f"needs at least two distinct {axis} values; got {np.unique(x).size}"}
+            distinct = np.unique(x[np.isfinite(x)]).size
+            if distinct < POWER_PARAMS:  # fewer distinct x than free parameters: not identified, not drawn
+                fits[name] = {"skipped": f"not fitted: {distinct} {'size' if axis == 'params' else 'compute value'}"
+                                         f"{'s' if distinct != 1 else ''}, the law needs at least {POWER_PARAMS}",
+                              "n_distinct": int(distinct), "needs": POWER_PARAMS,
+                              "data": {"runs": len(g), "x": axis, "global_batch": int(batch),
+                                       "sizes": sorted(g["size"].dropna().unique().tolist())}}
                 continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", FitWarning)
@@ -142,9 +148,6 @@ def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: i
                     fits[name] = {"skipped": str(err)}
                     continue
             out = fit.to_dict()
-            if np.unique(x).size < 3:
-                out["warnings"].append(f"only {np.unique(x).size} distinct {axis} values for 3 parameters: "
-                                       "the exponent is not identified (run more sizes)")
             out["data"] = {"runs": len(g), "x": axis, "y": f"100 - {metric}", "global_batch": int(batch),
                            "sizes": sorted(g["size"].dropna().unique().tolist())}
             out["warnings"] = sorted(set(out["warnings"]) | {str(w.message) for w in caught})

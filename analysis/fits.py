@@ -180,8 +180,8 @@ def fit_power(x: Sequence[float], y: Sequence[float], *, delta: float | None = N
     group_arr = None if groups is None else np.asarray(groups, dtype=object)[: len(x)]
     if x.size == 0:
         raise FitError("no points to fit (after leaving out NaN and non-positive values)")
-    if np.unique(x).size < 2:
-        raise FitError(f"a power law needs at least two distinct x values; got {np.unique(x).size}")
+    if np.unique(x).size < 3:  # E, A and alpha: fewer distinct x than parameters is not identified
+        raise FitError(f"not fitted: {np.unique(x).size} distinct x value(s), the law needs at least 3")
     theta = _power_start(x, y)
     params, objective, theta = _power_polish(theta, x, y, delta)
     fit = Fit("power", params, objective, int(x.size), level=level, warnings=list(notes))
@@ -197,12 +197,12 @@ def fit_power(x: Sequence[float], y: Sequence[float], *, delta: float | None = N
         draws = []
         for _ in range(bootstrap):
             idx = _resample(group_arr, x.size, rng)
-            if np.unique(x[idx]).size < 2:
+            if np.unique(x[idx]).size < 3:  # a resample that cannot identify the law says nothing
                 continue
             draws.append(_power_polish(theta, x[idx], y[idx], delta)[0])
         fit.intervals = _percentile_intervals(draws, level)
     top = x == x.max()
-    if (~top).sum() >= 3 and np.unique(x[~top]).size >= 2:
+    if (~top).sum() >= 3 and np.unique(x[~top]).size >= 3:
         held, _, _ = _power_polish(theta, x[~top], y[~top], delta)
         pred = held["E"] + held["A"] * x[top] ** (-held["alpha"])
         fit.extrapolation = {"x": float(x.max()), "relative_error": float(np.mean(np.abs(pred - y[top]) / y[top]))}
@@ -265,6 +265,9 @@ def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
         raise FitError("no points to fit (after leaving out NaN and non-positive values)")
     if np.unique(n).size < 2 or np.unique(d).size < 2:
         raise FitError("a Chinchilla fit needs at least two distinct values of both N and D")
+    pairs = np.unique(np.stack([n, d], axis=1), axis=0).shape[0]
+    if pairs < 5:  # E, A, B, alpha and beta
+        raise FitError(f"not fitted: {pairs} distinct (N, D) points, the law needs at least 5")
     best = None
     for theta0 in _chinchilla_starts(n, d, loss, delta):
         params, objective, theta = _chinchilla_polish(theta0, n, d, loss, delta)

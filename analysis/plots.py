@@ -17,6 +17,7 @@ def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable, and testable
     import matplotlib.pyplot as plt
 
     return plt
@@ -84,6 +85,8 @@ def model_scaling_plot(points: pd.DataFrame, fits: dict, out: Path) -> list[Path
             color = COLORS.get(method)
             ax.scatter(g["x"], g["error"], color=color, label=f"{method} runs", s=18)
             fit = fits.get(f"{method}:{axis}", {})
+            if "skipped" in fit:  # points only: a law that is not identified gets no curve
+                ax.scatter([], [], color=color, marker="x", label=f"{method}: {fit['skipped']}")
             if "E" in fit:
                 xs = np.logspace(np.log10(g["x"].min()), np.log10(g["x"].max()), 100)
                 E, A, alpha = fit["E"]["value"], fit["A"]["value"], fit["alpha"]["value"]

@@ -114,7 +114,8 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
 
 def _fit_text(name: str, fit: dict) -> str:
     if "skipped" in fit:
-        return f"<li><b>{html.escape(name)}</b>: not fitted — {html.escape(fit['skipped'])}</li>"
+        why = fit["skipped"] if fit["skipped"].startswith("not fitted") else f"not fitted — {fit['skipped']}"
+        return f"<li><b>{html.escape(name)}</b>: {html.escape(why)}</li>"
     parts = []
     for p in ("E", "A", "alpha"):
         lo, hi = fit[p]["interval"]

@@ -109,7 +109,9 @@ def _demo_summary(out: Path) -> None:
             print(f"scaling exponent {name.split(':')[0]}: k-NN error ~ params^-{fit['alpha']['value']:.3f} "
                   f"(95% CI {lo:.3f} to {hi:.3f}; {fit['n_points']} runs)" + (f"; caution: {caveat}" if caveat else ""))
         elif name.endswith(":params"):
-            print(f"scaling exponent {name.split(':')[0]}: not fitted ({fit.get('skipped', 'no fit')})")
+            why = fit.get("skipped", "no fit")
+            print(f"scaling exponent {name.split(':')[0]}: " + (why if why.startswith("not fitted") else f"not fitted ({why})")
+                  + ("; the model-scaling section shows points, not a law" if "needs at least" in why else ""))
     drop = table("droptoken.csv")
     for _, r in drop.loc[drop["drop_rate"] > 0].iterrows() if not drop.empty else []:
         same = drop.loc[(drop["drop_rate"] == 0) & (drop["method"] == r["method"]) & (drop["size"] == r["size"])

@@ -88,8 +88,13 @@ def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path
     assert row["gain"] == pytest.approx((same["final_knn_top1"] - same["random_init_knn_top1"]).mean())
     assert row["gain_ci_low"] <= row["gain"] <= row["gain_ci_high"]
     assert set(gain["method"]) == {"vatt", "dino", "dino+koleo"}
+    # Two sizes for a 3-parameter law: not identified, so no exponent, interval or curve; the report
+    # and the plot's legend say so.
     vatt = fits["model_scaling"]["vatt:params"]
-    assert "alpha" in vatt and vatt["data"]["sizes"] == ["micro", "nano"] and len(vatt["alpha"]["interval"]) == 2
+    assert "alpha" not in vatt and vatt["skipped"] == "not fitted: 2 sizes, the law needs at least 3"
+    assert vatt["data"]["sizes"] == ["micro", "nano"]
+    assert "not fitted: 2 sizes, the law needs at least 3" in page
+    assert "not fitted: 2 sizes" in (out / "model_scaling.svg").read_text()
     assert "| batch 4 | batch 8 |" in (out / "batch_sensitivity.md").read_text()
 
 

@@ -92,8 +92,11 @@ def test_compute_optimal_allocation_minimises_the_loss_at_fixed_compute():
 def test_edge_cases_warn_or_fail_clearly():
     with pytest.raises(FitError, match="no points"):
         fit_power([], [])
-    with pytest.raises(FitError, match="two distinct x"):
+    with pytest.raises(FitError, match="not fitted: 1 distinct x value"):
         fit_power([10.0], [1.0])
+    # Two sizes for three parameters: any curve through them would be one of infinitely many.
+    with pytest.raises(FitError, match="not fitted: 2 distinct x value.*needs at least 3"):
+        fit_power([1e6, 1e6, 4e6, 4e6], [30.0, 31.0, 20.0, 21.0])
     with pytest.raises(FitError, match="different lengths"):
         fit_power([1.0, 2.0], [1.0])
     with pytest.warns(FitWarning, match="NaN"):
