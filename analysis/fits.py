@@ -23,6 +23,7 @@ import numpy as np
 from scipy.optimize import least_squares, minimize, nnls
 
 HUBER_DELTA = 1e-3
+BOOTSTRAP_METHODS = ("batched", "warm", "cold")
 EXPONENT_BOUNDS = (0.0, 2.5)
 
 
@@ -256,10 +257,93 @@ def _chinchilla_polish(theta0: np.ndarray, n, d, loss, delta: float):
     return params, float(res.fun), res.x
 
 
+def bootstrap_weights(groups: np.ndarray | None, n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(draws, n) multiplicities of each point in each bootstrap draw: points resampled with
+    replacement, or whole groups (every point of a chosen group counts once per choice)."""
+    if groups is None:
+        weights = np.zeros((draws, n))
+        np.add.at(weights, (np.repeat(np.arange(draws), n), rng.integers(0, n, draws * n)), 1.0)
+        return weights
+    labels, label_of = np.unique(groups, return_inverse=True)
+    counts = np.zeros((draws, labels.size))
+    np.add.at(counts, (np.repeat(np.arange(draws), labels.size), rng.integers(0, labels.size, draws * labels.size)), 1.0)
+    return counts[:, label_of]
+
+
+def _huber_sum(weights: np.ndarray, r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.sum(weights * np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)), axis=1)
+
+
+def _chinchilla_batched(theta0: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.ndarray,
+                        weights: np.ndarray, delta: float, iterations: int = 200,
+                        tol: float = 1e-12) -> np.ndarray:
+    """Every weighted refit at once, each warm-started at `theta0` (the full data's optimum): a
+    Gauss-Newton step on the Huber loss's iteratively reweighted least squares (weight 1 inside
+    delta, delta/|r| outside: a majoriser of the Huber loss), with a backtracking line search per
+    draw that only accepts a decrease, and the exponents kept in EXPONENT_BOUNDS. A draw stops when
+    a step lowers its loss by less than `tol` relative. Returns the (draws, 5) optima
+    (a, b, e, alpha, beta)."""
+    draws = weights.shape[0]
+    theta = np.tile(np.asarray(theta0, float), (draws, 1))
+    lo, hi = EXPONENT_BOUNDS
+    r, soft = _terms_rows(theta, logn, logd, logl)
+    f = _huber_sum(weights, r, delta)
+    active = np.ones(draws, dtype=bool)
+    for _ in range(iterations):
+        idx = np.flatnonzero(active)
+        if not idx.size:
+            break
+        ra, sa, wa = r[idx], soft[:, idx], weights[idx]
+        jac = np.stack([sa[0], sa[1], sa[2], -sa[0] * logn, -sa[1] * logd], axis=-1)   # (k, n, 5)
+        psi = np.clip(ra, -delta, delta)
+        omega = np.minimum(1.0, delta / np.maximum(np.abs(ra), 1e-300))
+        jac_t = jac.transpose(0, 2, 1)                                                  # (k, 5, n)
+        grad = np.matmul(jac_t, (wa * psi)[..., None])[..., 0]
+        hess = np.matmul(jac_t * (wa * omega)[:, None, :], jac) + 1e-12 * np.eye(5)
+        step = -np.linalg.solve(hess, grad[..., None])[..., 0]
+        scale = np.ones(idx.size)
+        pending = np.ones(idx.size, dtype=bool)
+        for _ in range(40):  # halve each draw's step until its loss does not rise
+            rows = np.flatnonzero(pending)
+            if not rows.size:
+                break
+            cand = theta[idx[rows]] + scale[rows, None] * step[rows]
+            cand[:, 3:] = np.clip(cand[:, 3:], lo, hi)
+            rc, sc = _terms_rows(cand, logn, logd, logl)
+            fc = _huber_sum(wa[rows], rc, delta)
+            ok = fc <= f[idx[rows]]
+            take = idx[rows[ok]]
+            converged = f[take] - fc[ok] <= tol * np.maximum(1.0, np.abs(fc[ok]))
+            theta[take], r[take], soft[:, take], f[take] = cand[ok], rc[ok], sc[:, ok], fc[ok]
+            active[take[converged]] = False
+            pending[rows[ok]] = False
+            scale[rows[~ok]] *= 0.5
+        active[idx[pending]] = False  # no decrease along the step: at its optimum, to tolerance
+    return theta
+
+
+def _terms_rows(th: np.ndarray, logn: np.ndarray, logd: np.ndarray, logl: np.ndarray):
+    """Residuals (k, n) and softmax weights (3, k, n) of the log-sum-exp prediction for rows th (k, 5)."""
+    t = np.stack([th[:, 0:1] - th[:, 3:4] * logn, th[:, 1:2] - th[:, 4:5] * logd,
+                  np.broadcast_to(th[:, 2:3], (th.shape[0], logn.size))])
+    m = t.max(axis=0)
+    w = np.exp(t - m)
+    total = w.sum(axis=0)
+    return m + np.log(total) - logl, w / total
+
+
 def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float], *, delta: float = HUBER_DELTA,
                    bootstrap: int = 200, groups: Sequence[Any] | None = None, level: float = 0.95,
-                   seed: int = 0) -> Fit:
-    """L(N, D) = E + A/N^alpha + B/D^beta with a Huber loss on log L, plus bootstrap intervals."""
+                   seed: int = 0, bootstrap_method: str = "batched") -> Fit:
+    """L(N, D) = E + A/N^alpha + B/D^beta with a Huber loss on log L, plus bootstrap intervals.
+
+    bootstrap_method: "batched" (every refit at once, warm-started at the full data's optimum:
+    `_chinchilla_batched`), "warm" (one L-BFGS-B refit per draw from that optimum) or "cold" (one
+    full multi-start fit per draw, as a fit of the resampled data alone). The draws are the same
+    for all three (`bootstrap_weights` from `seed`)."""
+    if bootstrap_method not in BOOTSTRAP_METHODS:
+        raise FitError(f"bootstrap_method must be one of {', '.join(BOOTSTRAP_METHODS)}; got {bootstrap_method!r}")
     (n, d, loss), notes = _clean(n, d, loss, names=("N", "D", "L"))
     if n.size == 0:
         raise FitError("no points to fit (after leaving out NaN and non-positive values)")
@@ -283,14 +367,8 @@ def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
             fit.warnings.append(note)
     group_arr = None if groups is None else np.asarray(groups, dtype=object)
     if bootstrap and n.size >= 6:
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(bootstrap):
-            idx = _resample(group_arr, n.size, rng)
-            if np.unique(n[idx]).size < 2 or np.unique(d[idx]).size < 2:
-                continue
-            draws.append(_chinchilla_polish(theta, n[idx], d[idx], loss[idx], delta)[0])
-        fit.intervals = _percentile_intervals(draws, level)
+        fit.intervals = _percentile_intervals(
+            chinchilla_bootstrap(theta, n, d, loss, delta, bootstrap, group_arr, seed, bootstrap_method), level)
     compute = 6 * n * d
     top = compute >= np.quantile(compute, 0.9) if n.size >= 20 else compute == compute.max()
     rest = ~top
@@ -301,6 +379,32 @@ def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
                              "relative_error": float(np.mean(np.abs(pred - loss[top]) / loss[top]))}
     _emit(fit)
     return fit
+
+
+def chinchilla_bootstrap(theta: np.ndarray, n: np.ndarray, d: np.ndarray, loss: np.ndarray, delta: float,
+                         draws: int, groups: np.ndarray | None = None, seed: int = 0,
+                         method: str = "batched") -> list[dict[str, float]]:
+    """The parameters of each bootstrap refit (see fit_chinchilla's bootstrap_method); draws that
+    keep fewer than two distinct N or D values are left out."""
+    weights = bootstrap_weights(groups, n.size, draws, np.random.default_rng(seed))
+    present = weights > 0
+    distinct_n = (present[:, :, None] & (n[:, None] == np.unique(n))[None]).any(axis=1).sum(axis=1)
+    distinct_d = (present[:, :, None] & (d[:, None] == np.unique(d))[None]).any(axis=1).sum(axis=1)
+    weights = weights[(distinct_n >= 2) & (distinct_d >= 2)]
+    names = lambda th: {"E": math.exp(th[2]), "A": math.exp(th[0]), "B": math.exp(th[1]),  # noqa: E731
+                        "alpha": float(th[3]), "beta": float(th[4])}
+    if method == "batched":
+        return [names(th) for th in _chinchilla_batched(theta, np.log(n), np.log(d), np.log(loss), weights, delta)]
+    out = []
+    for w in weights:
+        idx = np.repeat(np.arange(n.size), w.astype(int))
+        if method == "warm":
+            out.append(_chinchilla_polish(theta, n[idx], d[idx], loss[idx], delta)[0])
+        else:
+            fits = [_chinchilla_polish(t0, n[idx], d[idx], loss[idx], delta)
+                    for t0 in _chinchilla_starts(n[idx], d[idx], loss[idx], delta)]
+            out.append(min(fits, key=lambda f: f[1])[0])
+    return out
 
 
 def compute_optimal(fit: Fit, compute: float | np.ndarray) -> dict[str, np.ndarray]:

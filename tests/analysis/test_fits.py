@@ -121,3 +121,51 @@ def test_scaling_fit_names_a_missing_column(tmp_path):
     assert proc.returncode == 2 and "--x: no column 'flops'" in proc.stderr and "params, loss" in proc.stderr
     proc = run_cli("fit", str(tmp_path / "missing.csv"), "--law", "power", "--x", "params", check=False)
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_the_batched_bootstrap_finds_each_draws_optimum_as_a_cold_multistart_fit_does():
+    """Honesty of the fast bootstrap: on the same draws, every batched warm-started refit reaches an
+    objective no worse than a cold fit of that draw alone (the full multi-start procedure) and than
+    one L-BFGS-B refit per draw, and the intervals of the three agree."""
+    from analysis.fits import (
+        HUBER_DELTA,
+        _chinchilla_objective,
+        _chinchilla_polish,
+        _chinchilla_starts,
+        bootstrap_weights,
+        chinchilla_bootstrap,
+    )
+
+    n, d, loss = epoch_points()
+    theta = min((_chinchilla_polish(t, n, d, loss, HUBER_DELTA) for t in _chinchilla_starts(n, d, loss, HUBER_DELTA)),
+                key=lambda f: f[1])[2]
+    draws = 12
+    routes = {m: chinchilla_bootstrap(theta, n, d, loss, HUBER_DELTA, draws, seed=3, method=m)
+              for m in ("batched", "warm", "cold")}
+    weights = bootstrap_weights(None, n.size, draws, np.random.default_rng(3))
+
+    def objective(p, w):
+        th = np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
+        idx = np.repeat(np.arange(n.size), w.astype(int))
+        return _chinchilla_objective(th, np.log(n[idx]), np.log(d[idx]), np.log(loss[idx]), HUBER_DELTA)[0]
+
+    for k, w in enumerate(weights):
+        best = objective(routes["batched"][k], w)
+        for other in ("warm", "cold"):
+            assert best <= objective(routes[other][k], w) * (1 + 1e-7), (k, other)
+    for name in ("E", "alpha", "beta"):
+        spread = {m: np.percentile([p[name] for p in r], [10, 90]) for m, r in routes.items()}
+        assert np.allclose(spread["batched"], spread["cold"], rtol=0.02), (name, spread)
+
+
+def test_group_bootstrap_weights_count_whole_groups():
+    from analysis.fits import bootstrap_weights
+
+    groups = np.array(["a", "a", "b", "c", "c", "c"])
+    weights = bootstrap_weights(groups, 6, 500, np.random.default_rng(0))
+    assert weights.shape == (500, 6) and (weights.sum(axis=1) > 0).all()
+    # Within a draw every point of a group has the same count, and 3 groups are drawn.
+    assert (weights[:, 0] == weights[:, 1]).all() and (weights[:, 3] == weights[:, 5]).all()
+    assert ((weights[:, [0, 2, 3]]).sum(axis=1) == 3).all()
+    rows = bootstrap_weights(None, 6, 500, np.random.default_rng(0))
+    assert (rows.sum(axis=1) == 6).all()
