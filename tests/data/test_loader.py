@@ -165,7 +165,7 @@ def test_set_epoch_start_resumes_mid_epoch_exactly_where_the_full_order_continue
 
 
 @pytest.mark.parametrize("overrides, split, field", [
-    ({"num_classes": 49}, "train", "data.num_classes"),     # more classes than shapes x directions
+    ({"num_classes": 145}, "train", "data.num_classes"),    # more than shapes x directions x speed bands
     ({"frames": True}, "train", "data.frames"),             # a bool is not a count
     ({"eval_size": -1}, "eval", "data.eval_size"),          # the split's size, named by its config path
     ({"difficulty": float("nan")}, "train", "data.difficulty"),
