@@ -33,8 +33,6 @@ def run(scale: str) -> Result:
     from analysis.fits import (
         HUBER_DELTA,
         FitWarning,
-        _chinchilla_polish,
-        _chinchilla_starts,
         chinchilla_bootstrap,
         fit_chinchilla,
     )
@@ -46,8 +44,8 @@ def run(scale: str) -> Result:
         start = time.perf_counter()
         fit = fit_chinchilla(n, d, loss, bootstrap=plan["draws"])
         seconds = time.perf_counter() - start
-        theta = min((_chinchilla_polish(t, n, d, loss, HUBER_DELTA) for t in _chinchilla_starts(n, d, loss, HUBER_DELTA)),
-                    key=lambda f: f[1])[2]
+        p = fit.params  # the full data's optimum, in the refits' parameterisation (a, b, e, alpha, beta)
+        theta = np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
         batched = chinchilla_bootstrap(theta, n, d, loss, HUBER_DELTA, plan["draws"])
         start = time.perf_counter()
         chinchilla_bootstrap(theta, n, d, loss, HUBER_DELTA, plan["warm_sample"], method="warm")

@@ -130,15 +130,13 @@ def test_the_batched_bootstrap_finds_each_draws_optimum_as_a_cold_multistart_fit
     from analysis.fits import (
         HUBER_DELTA,
         _chinchilla_objective,
-        _chinchilla_polish,
-        _chinchilla_starts,
         bootstrap_weights,
         chinchilla_bootstrap,
     )
 
     n, d, loss = epoch_points()
-    theta = min((_chinchilla_polish(t, n, d, loss, HUBER_DELTA) for t in _chinchilla_starts(n, d, loss, HUBER_DELTA)),
-                key=lambda f: f[1])[2]
+    p = fit_chinchilla(n, d, loss, bootstrap=0).params
+    theta = np.array([np.log(p["A"]), np.log(p["B"]), np.log(p["E"]), p["alpha"], p["beta"]])
     draws = 12
     routes = {m: chinchilla_bootstrap(theta, n, d, loss, HUBER_DELTA, draws, seed=3, method=m)
               for m in ("batched", "warm", "cold")}
