@@ -238,6 +238,19 @@ class EvalConfig:
         integer("eval.every_steps", self.every_steps, minimum=0)
 
 
+@dataclass(frozen=True)
+class GNSConfig:
+    """The online gradient-noise scale (scaling.train.gns): B_simple from the micro-step and the
+    optimizer-step gradients, measured every `every_steps` optimizer steps and logged as gns/*."""
+
+    every_steps: int = 0               # 0: off
+    ema: float = 0.95                  # smoothing of |G|^2 and tr(Sigma), per measurement
+
+    def validate(self) -> None:
+        integer("gns.every_steps", self.every_steps, minimum=0)
+        number("gns.ema", self.ema, minimum=0.0, exclusive_maximum=1.0)
+
+
 # Defaults that differ by method (None in RunConfig means "the method's default").
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # VATT (Akbari et al. 2021, the official configs): Adam (eps 1e-7), lr 1e-4, no weight decay,
@@ -295,6 +308,7 @@ class RunConfig:
     dino: DINOConfig = field(default_factory=DINOConfig)
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    gns: GNSConfig = field(default_factory=GNSConfig)
 
     def __post_init__(self) -> None:
         choice("method", self.method, METHODS)
@@ -342,6 +356,11 @@ class RunConfig:
         self.dino.validate()
         self.simclr.validate()
         self.eval.validate()
+        self.gns.validate()
+        if self.gns.every_steps and self.global_batch == self.micro_batch:
+            raise ConfigError("gns.every_steps", f"the noise scale compares two batch sizes, the micro-batch and the "
+                                                 f"optimizer batch: global_batch={self.global_batch} must exceed "
+                                                 f"micro_batch={self.micro_batch} (more ranks or accumulation)")
         if self.eval.views > 1 and self.data.source not in ("manifest", "webdataset"):
             field_ = "eval.temporal_views" if self.eval.temporal_views > 1 else "eval.spatial_views"
             raise ConfigError(field_, f"evaluation views cut windows and crops out of videos: they need "
@@ -491,7 +510,8 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
 
 
 _SECTIONS = {"DataConfig": DataConfig, "VATTConfig": VATTConfig, "DINOConfig": DINOConfig,
-             "SimCLRConfig": SimCLRConfig, "EvalConfig": EvalConfig}
+             "SimCLRConfig": SimCLRConfig, "EvalConfig": EvalConfig,
+             "GNSConfig": GNSConfig}
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

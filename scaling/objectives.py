@@ -191,12 +191,23 @@ class VATTObjective(_Stateless):
               generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """One micro-batch's embeddings in the common spaces (fp32; with vatt.loss=sigmoid also its
         scale and bias, as the forward read them) and its same-video groups (None when unmasked)."""
+        return self.forward(model, self.inputs(model, batch, generator))
+
+    def inputs(self, model: nn.Module, batch: dict[str, torch.Tensor],
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor | None]:
+        """The model's inputs of one micro-batch on its device: the augmented video, the audio, the
+        captions and the same-video groups (None when unmasked)."""
         device, dtype = next(unwrap(model).parameters()).device, param_dtype(model)
-        video = self.augment(send(batch["video"], device), generator)[0].to(dtype)
-        out = model(video, send(batch["audio"], device).to(dtype), send(batch["text"], device))
         # Repeated sampling puts a video's windows in one micro-batch; masked, they are not negatives.
         groups = send(batch["index"], device) if same_video_masked(self.cfg) else None
-        return {k: v.float() for k, v in out.items()}, groups
+        return {"video": self.augment(send(batch["video"], device), generator)[0].to(dtype),
+                "audio": send(batch["audio"], device).to(dtype), "text": send(batch["text"], device), "groups": groups}
+
+    def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """`embed` on inputs `inputs` made."""
+        out = model(inputs["video"], inputs["audio"], inputs["text"])
+        return {k: v.float() for k, v in out.items()}, inputs["groups"]
 
     def loss_from(self, out: dict[str, torch.Tensor],
                   groups: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Metric]]:

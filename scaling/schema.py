@@ -40,6 +40,7 @@ STOP = "stop"                   # why a stopped run stopped (a sweep writes "pru
 DATA_SKIPPED = "data_skipped"   # distinct clips that failed to decode and were replaced (manifest data)
 BAD_CLIPS = "bad_clips"         # their files, each with its manifest line
 SEGMENTS = "segments"           # each start of the run: [{start_step, world_size, zero_stage}]
+GNS = "gns"                     # gns.every_steps > 0: {b_simple, b_simple_mean, b_simple_mean_se, measurements, b_small, b_big}
 
 # ----------------------------------------------------------------------------- end reasons
 COMPLETED, STOPPED, DEADLINE, INTERRUPTED = "completed", "stopped", "deadline", "interrupted"

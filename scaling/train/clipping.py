@@ -54,7 +54,7 @@ def _write_back(param: torch.nn.Parameter, piece: torch.Tensor) -> None:
         safe_set_local_grad(param, piece)
 
 
-def _loss_scale(engine) -> float:
+def loss_scale(engine) -> float:
     return float(getattr(engine.optimizer, "loss_scale", 1.0) or 1.0) if engine.fp16_enabled() else 1.0
 
 
@@ -78,7 +78,7 @@ def clip_per_parameter(engine, clip: float) -> torch.Tensor | None:
         if any(replicated):
             raise RuntimeError("per-parameter clipping: some gradients are partitioned and some are not")
         all_reduce_(sq)
-    norms = sq.sqrt() / _loss_scale(engine)
+    norms = sq.sqrt() / loss_scale(engine)
     coef = torch.clamp(clip / (norms + EPS), max=1.0)
     for i, (p, piece) in enumerate(pieces):
         if piece.numel():

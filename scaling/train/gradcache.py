@@ -8,9 +8,12 @@ reruns each micro-batch with a graph and backpropagates the kept gradient throug
 surrogate sum(embedding * gradient)), so the parameters receive exactly the gradient of the
 optimizer-batch loss.
 
-Pass 2 replays pass 1's randomness exactly: each micro-step reseeds torch and the augmentation
-generator from (seed, global micro-step) and draws inside `draws.micro_step`, as the ordinary path
-does, so DropToken, stochastic depth, dropout and augmentation draw the same values twice.
+Pass 2 replays pass 1's randomness exactly. Each micro-step of pass 1 reseeds torch and the
+augmentation generator from (seed, global micro-step) and draws inside `draws.micro_step`, as the
+ordinary path does. Pass 2 does not augment again: it reuses pass 1's augmented inputs (the same
+crops, flips and jitter by construction; they cost the device memory of the optimizer batch's
+inputs, small beside one micro-batch's activations) and restores torch's RNG state as pass 1 had it
+after augmenting, so DropToken, stochastic depth and dropout draw the same values twice.
 
 The FAC heads' synchronised BatchNorms normalise each micro-batch (over all ranks) in both passes,
 so the embeddings of the two passes are the same; their batch statistics are those of the
@@ -47,12 +50,14 @@ def cached_micro_steps(engine, objective, batches: list[dict[str, torch.Tensor]]
     metrics and what `on_boundary` returned."""
     module = getattr(engine, "module", engine)
     saved = _norm_buffers(module)
-    outs, groups = [], []
+    outs, groups, replays = [], [], []
     with torch.no_grad():
         for m, batch in enumerate(batches):
             seed(m)
             with draws.micro_step(span):
-                out, group = objective.embed(engine, batch, generator)
+                inputs = objective.inputs(engine, batch, generator)
+                replays.append((inputs, _rng_state()))
+                out, group = objective.forward(engine, inputs)
             outs.append(out)
             groups.append(group)
     for buf, value in saved:
@@ -66,10 +71,10 @@ def cached_micro_steps(engine, objective, batches: list[dict[str, torch.Tensor]]
         loss.backward()
     grads = {k: v.grad.split([o[k].shape[0] for o in outs]) for k, v in leaves.items()}
     measured = None
-    for m, (batch, grad_m) in enumerate(zip(batches, _per_micro(grads, len(batches)))):
-        seed(m)
+    for (inputs, state), grad_m in zip(replays, _per_micro(grads, len(batches))):
+        _set_rng_state(state)
         with draws.micro_step(span):
-            out, _ = objective.embed(engine, batch, generator)
+            out, _ = objective.forward(engine, inputs)
             surrogate = sum((out[k] * grad_m[k]).sum() for k in keys)
             # The scalars' gradient once per step, shared out over its micro-batches.
             surrogate = surrogate + sum((out[k] * scalars[k].grad).sum() for k in scalars) / len(batches)
@@ -79,6 +84,18 @@ def cached_micro_steps(engine, objective, batches: list[dict[str, torch.Tensor]]
             measured = on_boundary()
         engine.step()
     return loss.detach(), metrics, measured
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """torch's RNG state: the CPU generator's and every initialised CUDA device's."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _per_micro(grads: dict[str, tuple[torch.Tensor, ...]], n: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -41,6 +41,7 @@ from scaling.schema import (
     END_REASON,
     FINAL,
     FLOPS_PER_SAMPLE,
+    GNS,
     INTERRUPTED,
     MODEL,
     NEGATIVES_PER_POSITIVE,
@@ -61,9 +62,10 @@ from scaling.train import reshard
 from scaling.train import rundir as rd
 from scaling.train.bad_clips import BadClips, TooManyBadClips
 from scaling.train.checkpoint import Checkpoints, set_rng_state
-from scaling.train.clipping import clip_per_parameter
+from scaling.train.clipping import clip_per_parameter, loss_scale
 from scaling.train.consolidate import save_consolidated
 from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
+from scaling.train.gns import GradientNoiseScale
 from scaling.train.gradcache import cached_micro_steps
 from scaling.train.throughput import Throughput
 
@@ -194,6 +196,11 @@ class _Run:
     span: draws.Span | None = None  # this rank's rows of a micro-step's samples (scaling.draws)
     started: float = 0.0  # time.time() when this process began the run (see rd.cancel_requested)
     cancel: bool = False  # rank 0 found a cancel request after the last step (the same on every rank)
+    gns: GradientNoiseScale | None = None  # gns.every_steps > 0: the online noise scale
+
+    def gns_due(self, step: int) -> bool:
+        """Whether optimizer step `step` (counted from 1) measures the noise scale."""
+        return self.gns is not None and step % self.cfg.gns.every_steps == 0
 
     def __post_init__(self) -> None:
         self.step = self.saved = self.start_step
@@ -216,7 +223,8 @@ class _Run:
         self.checkpoints.save(self.engine, self.step,
                               {"objective": self.objective.state_dict(), "wall_s": time.time() - self.wall_start,
                                "eval": self.eval_metrics, "random_init": self.baseline,
-                               "bad_clips": sorted(self.bad.known), "segments": self.segments}, self.generator,
+                               "bad_clips": sorted(self.bad.known), "segments": self.segments,
+                               "gns": self.gns.state_dict() if self.gns else {}}, self.generator,
                               rank_state=self.objective.rank_state_dict(self.engine))
 
 
@@ -251,11 +259,16 @@ def _set_up(cfg: RunConfig, run_dir: Path, rank: int, world: int, deadline: floa
     meter = _throughput(cfg, info, world)
     stream = Prefetcher(_batches(loader, per_epoch, clips, start_step * cfg.accumulation, bad),
                         engine.device)
+    gns = None
+    if cfg.gns.every_steps:
+        gns = GradientNoiseScale(engine.module, cfg.micro_batch, cfg.global_batch, cfg.accumulation, cfg.gns.ema,
+                                 loss_scale=lambda: loss_scale(engine))
+        gns.load_state_dict(client.get("gns", {}))
     return _Run(cfg=cfg, run_dir=run_dir, rank=rank, deadline=deadline, on_eval=on_eval, generator=generator,
                 engine=engine, objective=objective, schedules=schedules, checkpoints=checkpoints,
                 start_step=start_step, client=client, resumed=resumed, logger=logger, info=info, meter=meter,
                 stream=stream, bad=bad, wall_start=time.time() - float(client.get("wall_s", 0.0)), segments=segments,
-                span=draws.span_of(clips, rank, world, cfg.data.repeats))
+                span=draws.span_of(clips, rank, world, cfg.data.repeats), gns=gns)
 
 
 def _needs_universal(cfg: RunConfig, manifest: dict[str, Any], world: int) -> bool:
@@ -371,6 +384,8 @@ def _optimizer_step(run: _Run) -> bool:
     run.meter.start()
     scalars = run.schedules.apply(engine.optimizer, step)
     metrics, finite_loss, measured = StepMetrics(cfg.accumulation), True, None
+    if run.gns_due(step + 1):
+        run.gns.arm()
     if caches_negatives(cfg):
         batches = [next(run.stream) for _ in range(cfg.accumulation)]
         loss, micro, measured = cached_micro_steps(
@@ -414,6 +429,8 @@ def _optimizer_step(run: _Run) -> bool:
         what = "loss" if run.end_reason == NONFINITE_LOSS else "gradient norm"
         raise StopRun(f"the {what} is not finite at step {step + 1}")
     scalars.update(run.objective.after_optimizer_step(engine, step))
+    if run.gns_due(step + 1):  # a collective: every rank measures
+        scalars.update(run.gns.measure(grad_norm))
     if run.bad.tracks:
         scalars["data/skipped"] = run.bad.count
     run.step += 1
@@ -424,9 +441,11 @@ def _optimizer_step(run: _Run) -> bool:
 
 
 def _log_step(run: _Run) -> None:
-    """Rank 0 logs every `log_every` steps, the first step of an attempt and the last step."""
+    """Rank 0 logs every `log_every` steps, the first step of an attempt, the last step and every
+    step that measured the noise scale."""
     cfg, step = run.cfg, run.step
-    if run.is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == run.start_step + 1):
+    if run.is_main and (step % cfg.log_every == 0 or step == cfg.total_steps or step == run.start_step + 1
+                        or run.gns_due(step)):
         metrics, scalars = run.pending
         run.last_metrics = {**metrics.read(), **scalars, **run.meter.stop()}
         run.logger.log(step, run.last_metrics)
@@ -506,6 +525,8 @@ def _write_summary(run: _Run) -> dict[str, Any]:
         RANDOM_INIT: run.baseline, NEGATIVES_PER_POSITIVE: info["batch"].get("negatives_per_positive"),
         SEGMENTS: run.segments,
     }
+    if run.gns is not None:
+        summary[GNS] = run.gns.summary()
     if run.bad.tracks:
         summary.update({DATA_SKIPPED: run.bad.count, BAD_CLIPS: run.bad.describe()})
     rd.write_json(run.run_dir / SUMMARY, summary)
