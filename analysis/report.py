@@ -1,7 +1,7 @@
 """Meaning layer: `scaling analyze` — every output of the analysis, and one self-contained report.html.
 
-Writes runs.csv, fits.json, batch_sensitivity.csv/.md, scaling.csv, droptoken.csv, random_init.csv, the plots (PNG
-and SVG) and report.html, which embeds the plots and tables and states, for each fit, the data it
+Writes runs.csv, fits.json, batch_sensitivity.csv/.md, critical_batch.csv, scaling.csv, droptoken.csv,
+random_init.csv, the plots (PNG and SVG) and report.html, which embeds the plots and tables and states, for each fit, the data it
 used and its uncertainty.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import compare, plots
+from analysis.critical import critical_batch, describe_row
 from analysis.runs import LoadWarning, load
 
 METRIC_LABEL = {"final_knn_top1": "k-NN top-1 (%)", "final_linear_top1": "linear top-1 (%)"}
@@ -70,6 +71,7 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
         points, fits = compare.model_scaling(df, metric, bootstrap=bootstrap)
         drop = compare.droptoken(df, metric)
         gain = compare.random_init_gain(df, metric)
+        critical = critical_batch(df, metric)
     notes += sorted({str(w.message) for w in caught})
     label = METRIC_LABEL.get(metric, metric)
 
@@ -83,7 +85,9 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
         f"# Batch sensitivity ({label})\n\nMean over seeds ± half the 95% CI, by global batch:\n\n{_md(ablation)}\n"
         f"Slope per halving of the batch (points of {label}; 95% CI over seeds):\n\n{_md(slopes)}\n"
         f"Slope per halving of the contrasted batch, negatives per positive + 1 (arms with negatives):\n\n"
-        f"{_md(slopes_neg)}")
+        f"{_md(slopes_neg)}\n## Critical batch\n\n" + "".join(f"- {describe_row(r)}\n" for _, r in critical.iterrows())
+        + f"\n{_md(critical)}")
+    critical.to_csv(out / "critical_batch.csv", index=False)
     sens_neg.to_csv(out / "batch_sensitivity_negatives.csv", index=False)
     points.to_csv(out / "scaling.csv", index=False)
     drop.to_csv(out / "droptoken.csv", index=False)
@@ -92,6 +96,7 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
     (out / "fits.json").write_text(json.dumps({"metric": metric, "model_scaling": fits,
                                                "batch_slopes": slopes.to_dict(orient="records"),
                                                "negatives_slopes": slopes_neg.to_dict(orient="records"),
+                                               "critical_batch": critical.to_dict(orient="records"),
                                                "fairness": fairness}, indent=2, default=str))
     figures = []
     if not sens.empty:
@@ -105,9 +110,10 @@ def analyze(paths: list[str | Path], out: str | Path, metric: str = "final_knn_t
         figures.append(("DropToken frontier", plots.droptoken_plot(drop, label, out)[0]))
     written.update({"fits": out / "fits.json", "batch_sensitivity": out / "batch_sensitivity.csv",
                     "batch_sensitivity_negatives": out / "batch_sensitivity_negatives.csv",
+                    "critical_batch": out / "critical_batch.csv",
                     "scaling": out / "scaling.csv", "random_init": out / "random_init.csv", "figures": [p for _, p in figures]})
     (out / "report.html").write_text(_report_html(df, sens, ablation, slopes, fits, drop, gain, fairness, figures,
-                                                  notes, label, paths, sens_neg, slopes_neg))
+                                                  notes, label, paths, sens_neg, slopes_neg, critical))
     written["report"] = out / "report.html"
     return written
 
@@ -157,7 +163,7 @@ ARMS = {
 
 
 def _report_html(df, sens, ablation, slopes, fits, drop, gain, fairness, figures, notes, label, paths,
-                 sens_neg, slopes_neg) -> str:
+                 sens_neg, slopes_neg, critical) -> str:
     states = df["state"].value_counts().to_dict()
     arms = "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(ARMS.get(m, m))}</li>"
                    for m in sorted(df["method"].dropna().unique()))
@@ -166,6 +172,8 @@ def _report_html(df, sens, ablation, slopes, fits, drop, gain, fairness, figures
     figs = "".join(f"<h3>{html.escape(t)}</h3>{_img(p, t)}" for t, p in figures)
     fit_items = "".join(_fit_text(k, v) for k, v in fits.items()) or "<li>no model-scaling fit (one size only)</li>"
     note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes) or "<li>none</li>"
+    critical_items = "".join(f"<li>{html.escape(describe_row(r))}</li>" for _, r in critical.iterrows()) \
+        or "<li>no arm ran two batches</li>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>VATT vs DINO scaling report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}}
@@ -196,6 +204,16 @@ have negatives. An arm whose slope follows this axis and not the optimizer batch
 negatives (compare vatt+accum, with few negatives at a large optimizer batch, and vatt+cached, with many at
 the memory of a small one).</p>
 {_html_table(sens_neg)}{_html_table(slopes_neg)}
+<h3>The measured critical batch</h3>
+<p>Per arm, the gradient-noise scale B_simple = tr(&Sigma;) / |G|&sup2; (McCandlish et al. 2018) that the runs
+measured in training (gns.every_steps; each run's time average, then the mean over the arm's runs with its
+95% t-interval), beside B_95, the batch at which the arm retains 95% of its largest batch's
+{html.escape(label)} (interpolated in log2 of the batch; 95% bootstrap interval over seeds; "&lt;=" when no
+batch run falls below 95%). They agree when the intervals overlap. At equal samples seen, batches below the
+critical batch should train about as well per sample and batches above it worse: an arm that loses accuracy
+as its batch shrinks below B_simple is not losing it to gradient noise, and for a contrastive arm the
+negatives are the suspect.</p>
+<ul>{critical_items}</ul>{_html_table(critical)}
 <h2>Model scaling fits</h2><ul>{fit_items}</ul>
 <h2>DropToken</h2>{_html_table(drop)}
 <h2>Figures</h2>{figs}

@@ -74,7 +74,9 @@ def arm(cfg: dict[str, Any], negatives_per_positive: float | None = None) -> str
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
-    """One run as a flat row: its axes, cost, final and best metrics, wall time and state.
+    """One run as a flat row: its axes, cost, final and best metrics, wall time and state, and with
+    gns.every_steps > 0 its measured noise scale: the last smoothed B_simple (b_simple_final) and the
+    time-averaged one (b_simple_mean, with its standard error b_simple_mean_se).
 
     `method` is the run's arm (see `arm`): vatt (with +asymmetric or +sigmoid, and +cached, +queue or
     +accum), simclr, dino, dino+koleo or koleo."""
@@ -96,6 +98,9 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     for key in (schema.FLOPS_PER_SAMPLE, schema.TOTAL_FLOPS, schema.SAMPLES_SEEN, schema.STEPS,
                 schema.PLANNED_STEPS, schema.WALL_S, schema.NEGATIVES_PER_POSITIVE):
         row[key] = summary.get(key)
+    gns = summary.get(schema.GNS) or {}  # gns.every_steps > 0: the measured noise scale
+    row.update({"b_simple_final": gns.get("b_simple"), "b_simple_mean": gns.get("b_simple_mean"),
+                "b_simple_mean_se": gns.get("b_simple_mean_se"), "gns_measurements": gns.get("measurements")})
     final = summary.get(schema.FINAL, {}) or {}
     row["final_loss"] = final.get("loss")
     for m in METRICS:

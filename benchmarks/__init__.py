@@ -17,7 +17,7 @@ from benchmarks.core import Result, check_scale, command_line, verdict, write_re
 log = logging.getLogger(__name__)
 
 # In the order they run (and appear in the report).
-NAMES = ("backbone", "droptoken", "zero_memory", "negatives", "fit_speed", "bootstrap", "data_pipeline", "data_real",
+NAMES = ("backbone", "droptoken", "zero_memory", "negatives", "gns", "fit_speed", "bootstrap", "data_pipeline", "data_real",
          "sweep_overhead")
 
 

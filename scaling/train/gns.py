@@ -86,7 +86,7 @@ class GradientNoiseScale:
 
     def _hook(self, grad: torch.Tensor) -> None:
         if self.armed:
-            sq = grad.detach().float().square().sum()
+            sq = torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square()  # no fp32 copy of bf16
             self.local = sq if self.local is None else self.local + sq.to(self.local.device)
 
     def arm(self) -> None:

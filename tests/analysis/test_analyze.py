@@ -19,8 +19,11 @@ SPEC = {
     "fixed": {**FIXED, "eval.linear_probe": False},
     # No accumulation (micro = global batch): VATT's negatives follow its batch, so it stays one arm
     # (in-batch negatives under accumulation are the arm vatt+accum).
-    "grid": [{"method": ["vatt", "dino"], "global_batch": [4], "micro_batch": [4], "seed": [0, 1]},
-             {"method": ["vatt", "dino"], "global_batch": [8], "micro_batch": [8], "seed": [0, 1]},
+    # DINO measures its noise scale (gns), which needs two batch sizes: micro-batch half the global.
+    "grid": [{"method": ["vatt"], "global_batch": [4], "micro_batch": [4], "seed": [0, 1]},
+             {"method": ["vatt"], "global_batch": [8], "micro_batch": [8], "seed": [0, 1]},
+             {"method": ["dino"], "global_batch": [4], "micro_batch": [2], "seed": [0, 1], "gns.every_steps": [1]},
+             {"method": ["dino"], "global_batch": [8], "micro_batch": [4], "seed": [0, 1], "gns.every_steps": [1]},
              {"method": ["vatt", "dino"], "size": ["micro"], "micro_batch": [8]},
              {"method": ["vatt"], "drop_rate": [0.5], "micro_batch": [8]},
              {"method": ["dino"], "dino.koleo_weight": [0.5], "global_batch": [8]}],
@@ -52,6 +55,11 @@ def test_load_gives_one_row_per_run_with_axes_costs_metrics_and_state(sweep):
     assert len(koleo) == 1 and koleo["dino.koleo_weight"].tolist() == [0.5]
     assert (df.loc[df["method"] == "dino", "dino.koleo_weight"] == 0).all()
     assert df.loc[df["method"] == "vatt", "dino.koleo_weight"].isna().all()
+    # The measured noise scale: DINO's runs measured it at each of their 4 steps, VATT's did not.
+    dino = df.loc[(df["method"] == "dino") & (df["size"] == "nano")]
+    assert len(dino) == 4 and (dino["gns_measurements"] == 4).all()
+    assert dino["b_simple_mean"].map(lambda v: v == v).all() and dino["b_simple_mean_se"].notna().all()
+    assert df.loc[df["method"] == "vatt", "b_simple_mean"].isna().all()
 
 
 def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path):
@@ -61,16 +69,20 @@ def test_analyze_writes_every_output_and_a_self_contained_report(sweep, tmp_path
     for name in ("runs.csv", "fits.json", "batch_sensitivity.csv", "batch_sensitivity.md", "scaling.csv",
                  "batch_sensitivity.png", "batch_sensitivity.svg", "model_scaling.png", "model_scaling.svg",
                  "droptoken.png", "droptoken.svg", "random_init.csv", "report.html",
-                 "batch_sensitivity_negatives.csv", "batch_sensitivity_negatives.png"):
+                 "batch_sensitivity_negatives.csv", "batch_sensitivity_negatives.png", "critical_batch.csv"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     page = (out / "report.html").read_text()
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 4 and all(len(i) > 1000 for i in images)
     for heading in ("What the comparison holds fixed", "Arms", "Learning against the random-init backbone",
                     "Batch sensitivity", "Against negatives per positive",
-                    "Slope per halving", "Model scaling fits", "DropToken"):
+                    "Slope per halving", "The measured critical batch", "Model scaling fits", "DropToken"):
         assert heading in page
     fits = json.loads((out / "fits.json").read_text())
+    critical = {r["method"]: r for r in fits["critical_batch"] if r["size"] == "nano" and r["drop_rate"] == 0}
+    assert critical["dino"]["runs_measured"] == 4 and critical["dino"]["batches"] == [4, 8]
+    assert critical["vatt"]["runs_measured"] == 0
+    assert "dino nano: measured critical batch B_simple" in page
     assert set(fits["model_scaling"]) == {f"{arm}:{axis}" for arm in ("vatt", "dino", "dino+koleo")
                                           for axis in ("params", "total_flops")}
     assert "skipped" in fits["model_scaling"]["dino+koleo:params"]  # one size: nothing to fit

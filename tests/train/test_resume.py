@@ -12,7 +12,7 @@ RESUME = ["steps=8", "checkpoint_every=2", "eval.linear_probe=true"]
 
 
 def test_sigkilled_two_rank_run_resumes_to_the_same_result(tmp_path, tiny):
-    args = ["train", *tiny, *RESUME, "method=dino", "zero_stage=2", "--nproc", "2"]
+    args = ["train", *tiny, *RESUME, "method=dino", "zero_stage=2", "gns.every_steps=3", "--nproc", "2"]
     straight = tmp_path / "straight"
     run_cli(*args, "--run-dir", str(straight))
 
@@ -24,6 +24,14 @@ def test_sigkilled_two_rank_run_resumes_to_the_same_result(tmp_path, tiny):
     b = json.loads((killed / "summary.json").read_text())["final"]
     for key in ("loss", "knn_top1", "linear_top1", "teacher_entropy"):
         assert abs(a[key] - b[key]) <= 1e-6, (key, a[key], b[key])
+    # The noise scale measured at step 6, after the resume at 4, from the EMA the checkpoint kept.
+    at6 = [next(m for m in read_metrics(d) if m["step"] == 6) for d in (straight, killed)]
+    for key in ("gns/b_simple", "gns/grad_sq", "gns/trace_cov"):
+        assert abs(at6[0][key] - at6[1][key]) <= 1e-6 * abs(at6[0][key]), (key, at6)
+    gns_a, gns_b = (json.loads((d / "summary.json").read_text())["gns"] for d in (straight, killed))
+    assert gns_a["measurements"] == gns_b["measurements"] == 2  # steps 3 and 6, the EMA and sums resumed
+    assert gns_a["b_simple_mean"] == gns_b["b_simple_mean"] or abs(gns_a["b_simple_mean"] - gns_b["b_simple_mean"]) \
+        <= 1e-6 * abs(gns_a["b_simple_mean"])
     steps = [m["step"] for m in read_metrics(killed) if "train/loss" in m]
     assert steps == sorted(set(steps)) == list(range(1, 9))  # each step exactly once
     assert re.search(r"resumed from step [46]\b", out)
