@@ -10,6 +10,10 @@ Per arm (method, size, drop rate):
   batch run ("<="). Its interval is a percentile bootstrap that resamples each batch's seeds.
 - whether they agree: the two intervals overlap.
 
+An arm whose runs' mean B_simple is not positive has no critical batch: its |G|^2 estimate is
+negative, which independent micro-steps cannot give in expectation; losses that couple a batch's
+samples (VATT's all-gathered NCE and synchronised BatchNorm) do. It is reported as not identified.
+
 What the comparison means. At equal samples seen, McCandlish et al.'s model predicts that batches
 below the critical batch train about as well per sample (optimization noise costs little there),
 and batches above it worse. So an arm that loses accuracy as its batch shrinks *below* B_simple is
@@ -93,8 +97,14 @@ def critical_batch(df: pd.DataFrame, metric: str = "final_knn_top1", threshold: 
         groups = {int(b): g[metric].to_numpy(float) for b, g in group.groupby("global_batch")}
         batches = np.array(sorted(groups))
         b_simple, s_lo, s_hi, measured = _b_simple(group)
+        note = None
+        if measured and b_simple <= 0:  # |G|^2 estimated negative: coupled samples (see scaling.train.gns)
+            note = (f"not identified: the runs' mean B_simple is {b_simple:.3g} (their |G|^2 estimate is negative: "
+                    "the micro-steps' gradients are not independent)")
+            b_simple = s_lo = s_hi = math.nan
         row = {**dict(zip(GROUP, key)), "batches": [int(b) for b in batches], "runs": len(group),
                "b_simple": b_simple, "b_simple_ci_low": s_lo, "b_simple_ci_high": s_hi, "runs_measured": measured,
+               "b_simple_note": note,
                "b_simple_final": float(pd.to_numeric(group.get("b_simple_final"), errors="coerce").mean())
                if "b_simple_final" in group else math.nan}
         if len(batches) >= 2:
@@ -123,7 +133,8 @@ def describe_row(row: pd.Series) -> str:
         return text + (f" (95% CI {lo:.0f} to {hi:.0f})" if np.isfinite(lo) and np.isfinite(hi) else "")
 
     name = f"{row['method']} {row['size']}" + (f" drop {row['drop_rate']:g}" if row.get("drop_rate") else "")
-    b_simple = interval(row["b_simple"], row["b_simple_ci_low"], row["b_simple_ci_high"])
+    b_simple = row.get("b_simple_note") if isinstance(row.get("b_simple_note"), str) else \
+        interval(row["b_simple"], row["b_simple_ci_low"], row["b_simple_ci_high"])
     b95 = row.get("b95", math.nan)
     retained = interval(b95, row.get("b95_ci_low", math.nan), row.get("b95_ci_high", math.nan),
                         bool(row.get("b95_upper_bound_only")))

@@ -45,6 +45,7 @@ class Fit:
     extrapolation: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     level: float = 0.95
+    draws: list[dict[str, float]] = field(default_factory=list, repr=False)  # the bootstrap refits' parameters
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"law": self.law, "n_points": self.n_points, "objective": self.objective}
@@ -55,8 +56,9 @@ class Fit:
         out["warnings"] = self.warnings
         return out
 
-    def predict(self, *xs: np.ndarray) -> np.ndarray:
-        p = self.params
+    def predict(self, *xs: np.ndarray, params: dict[str, float] | None = None) -> np.ndarray:
+        """The law at xs (x; or N and D), with the fitted parameters or `params` (a bootstrap draw)."""
+        p = self.params if params is None else params
         if self.law == "power":
             return p["E"] + p["A"] * np.asarray(xs[0], float) ** (-p["alpha"])
         n, d = (np.asarray(v, float) for v in xs)
@@ -202,6 +204,7 @@ def fit_power(x: Sequence[float], y: Sequence[float], *, delta: float | None = N
                 continue
             draws.append(_power_polish(theta, x[idx], y[idx], delta)[0])
         fit.intervals = _percentile_intervals(draws, level)
+        fit.draws = draws
     top = x == x.max()
     if (~top).sum() >= 3 and np.unique(x[~top]).size >= 3:
         held, _, _ = _power_polish(theta, x[~top], y[~top], delta)
@@ -367,8 +370,8 @@ def fit_chinchilla(n: Sequence[float], d: Sequence[float], loss: Sequence[float]
             fit.warnings.append(note)
     group_arr = None if groups is None else np.asarray(groups, dtype=object)
     if bootstrap and n.size >= 6:
-        fit.intervals = _percentile_intervals(
-            chinchilla_bootstrap(theta, n, d, loss, delta, bootstrap, group_arr, seed, bootstrap_method), level)
+        fit.draws = chinchilla_bootstrap(theta, n, d, loss, delta, bootstrap, group_arr, seed, bootstrap_method)
+        fit.intervals = _percentile_intervals(fit.draws, level)
     compute = 6 * n * d
     top = compute >= np.quantile(compute, 0.9) if n.size >= 20 else compute == compute.max()
     rest = ~top

@@ -15,13 +15,13 @@ import benchmarks.cli
 import scaling.commands
 import slurm.cli
 import sweeps.cli
-from scaling.cli import demo
+from scaling.cli import demo, plan
 from scaling.config import ConfigError
 from scaling.logs import setup
 from scaling.schema import InputError
 
 # In the order `scaling --help` lists them: one run, where it runs, many runs, what they mean.
-LAYERS = (scaling.commands, slurm.cli, sweeps.cli, analysis.cli, demo, benchmarks.cli)
+LAYERS = (scaling.commands, slurm.cli, sweeps.cli, analysis.cli, plan, demo, benchmarks.cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

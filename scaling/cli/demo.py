@@ -112,6 +112,14 @@ def _demo_summary(out: Path) -> None:
             why = fit.get("skipped", "no fit")
             print(f"scaling exponent {name.split(':')[0]}: " + (why if why.startswith("not fitted") else f"not fitted ({why})")
                   + ("; the model-scaling section shows points, not a law" if "needs at least" in why else ""))
+    critical = table("critical_batch.csv")
+    if not critical.empty and critical["runs_measured"].fillna(0).gt(0).any():
+        from analysis.critical import describe_row
+
+        print("critical batch (McCandlish's B_simple measured in training, beside B_95, the batch that keeps "
+              "95% of the largest batch's k-NN):")
+        for _, r in critical.loc[critical["runs_measured"].fillna(0) > 0].iterrows():
+            print(f"  {describe_row(r)}")
     drop = table("droptoken.csv")
     for _, r in drop.loc[drop["drop_rate"] > 0].iterrows() if not drop.empty else []:
         same = drop.loc[(drop["drop_rate"] == 0) & (drop["method"] == r["method"]) & (drop["size"] == r["size"])

@@ -71,3 +71,12 @@ def test_one_measured_run_uses_its_own_standard_error():
     vatt = critical_batch(df).set_index("method").loc["vatt"]
     assert vatt["runs_measured"] == 1 and vatt["b_simple"] == 20.0
     assert vatt["b_simple_ci_high"] - vatt["b_simple"] == pytest.approx(1.959964 * 2.0, rel=1e-5)
+
+
+def test_a_negative_noise_scale_is_reported_as_not_identified():
+    df = _table()
+    df.loc[df["method"] == "vatt", "b_simple_mean"] = -30.0 + df.loc[df["method"] == "vatt", "seed"]
+    rows = critical_batch(df)
+    vatt = rows.loc[rows["method"] == "vatt"].iloc[0]
+    assert math.isnan(vatt["b_simple"]) and vatt["runs_measured"] == 12 and vatt["agree"] is None
+    assert "not identified" in describe_row(vatt) and "-29" in describe_row(vatt)
