@@ -8,7 +8,7 @@ Per arm (method, size, drop rate):
   from the largest batch, the first batch whose retained fraction falls below 0.95, interpolated
   in log2(batch) with the batch above it; when no batch falls below, B_95 is at most the smallest
   batch run ("<="). Its interval is a percentile bootstrap that resamples each batch's seeds.
-- whether they agree: the two intervals overlap.
+- whether they agree: the two intervals overlap (not judged when B_95 is only a bound).
 
 An arm whose runs' mean B_simple is not positive has no critical batch: its |G|^2 estimate is
 negative, which independent micro-steps cannot give in expectation; losses that couple a batch's
@@ -113,7 +113,8 @@ def critical_batch(df: pd.DataFrame, metric: str = "final_knn_top1", threshold: 
             if bound:
                 lo = 0.0  # at most the smallest batch: no lower end
             row.update({"b95": b95, "b95_upper_bound_only": bound, "b95_ci_low": lo, "b95_ci_high": hi})
-            row["agree"] = _overlap(s_lo, s_hi, lo, hi)
+            # A bound is no crossing to compare with: the arm keeps 95% at every batch run.
+            row["agree"] = None if bound else _overlap(s_lo, s_hi, lo, hi)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -136,8 +137,13 @@ def describe_row(row: pd.Series) -> str:
     b_simple = row.get("b_simple_note") if isinstance(row.get("b_simple_note"), str) else \
         interval(row["b_simple"], row["b_simple_ci_low"], row["b_simple_ci_high"])
     b95 = row.get("b95", math.nan)
-    retained = interval(b95, row.get("b95_ci_low", math.nan), row.get("b95_ci_high", math.nan),
-                        bool(row.get("b95_upper_bound_only")))
-    verdict = {True: "they agree (the intervals overlap)", False: "they disagree (the intervals do not overlap)",
-               None: "agreement cannot be judged"}[row.get("agree") if row.get("agree") in (True, False) else None]
+    bound = row.get("b95_upper_bound_only") is True or row.get("b95_upper_bound_only") == True  # noqa: E712 (numpy)
+    retained = interval(b95, row.get("b95_ci_low", math.nan), row.get("b95_ci_high", math.nan), bound) \
+        if np.isfinite(b95) else "needs two batches (one run here)"
+    agree = row.get("agree") if row.get("agree") in (True, False) else None
+    if agree is None:
+        verdict = ("agreement cannot be judged: the arm keeps 95% of its largest batch's metric at every batch run"
+                   if bound else "agreement cannot be judged")
+    else:
+        verdict = "they agree (the intervals overlap)" if agree else "they disagree (the intervals do not overlap)"
     return f"{name}: measured critical batch B_simple {b_simple}; B_95 {retained}; {verdict}"

@@ -28,16 +28,29 @@ def _candidates(cfg_dict: dict, rates: list[float]):
     return out
 
 
-def _peak(args: argparse.Namespace) -> float:
+def _peak(args: argparse.Namespace) -> tuple[float, str]:
+    """The GPU's bf16 dense peak (FLOP/s) and where it came from: --gpu, the GPUs a --profile's
+    constraint names (the slowest of them: the budget buys no more than it can do), or the default."""
     from scaling.data.budget import PLANNED_PEAK_TFLOPS
     from scaling.train.throughput import DATASHEET_PEAKS, datasheet_peak_for
 
-    if args.gpu is None:
-        return PLANNED_PEAK_TFLOPS * 1e12
-    peak = datasheet_peak_for(args.gpu, "bf16")
-    if peak is None:
-        raise InputError("--gpu", f"unknown GPU {args.gpu!r}; known: {', '.join(DATASHEET_PEAKS)}")
-    return peak
+    if args.gpu is not None:
+        peak = datasheet_peak_for(args.gpu, "bf16")
+        if peak is None:
+            raise InputError("--gpu", f"unknown GPU {args.gpu!r}; known: {', '.join(DATASHEET_PEAKS)}")
+        return peak, f"--gpu {args.gpu}"
+    if args.profile is not None:
+        from slurm.profile import load_profile
+
+        profile = load_profile(args.profile)
+        tokens = [t.strip().lower() for t in (profile.constraint or "").replace("&", "|").split("|") if t.strip()]
+        named = {k: v[0] for k, v in DATASHEET_PEAKS.items() if any(t in k.lower() for t in tokens)}
+        if not named:
+            raise InputError("--profile", f"profile {profile.name!r} names no GPU model this suite knows in its "
+                                          f"constraint ({profile.constraint!r}); pass --gpu")
+        slowest = min(named, key=named.get)
+        return named[slowest], f"the slowest GPU profile {profile.name!r} allows ({slowest})"
+    return PLANNED_PEAK_TFLOPS * 1e12, "the default GPU (H100 SXM)"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -57,7 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sweep = Path(args.sweep)
     if not sweep.is_dir():
         raise InputError("--sweep", f"no such sweep directory: {sweep}")
-    peak = _peak(args)
+    peak, source = _peak(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LoadWarning)
         df = load(sweep)
@@ -70,7 +83,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise InputError("--arm", f"no arm {args.arm!r} in {sweep}; arms: {', '.join(arms)}")
     budget_flops = args.budget * 3600 * peak * mfu
     print(f"budget: {args.budget:g} GPU-hours = {budget_flops:.3g} training FLOPs at {mfu:.0%} MFU of "
-          f"{peak / 1e12:g} TFLOP/s (bf16 dense peak)")
+          f"{peak / 1e12:g} TFLOP/s, the bf16 dense peak of {source}")
     refused = 0
     for arm in [args.arm] if args.arm else arms:
         runs = df.loc[df["method"] == arm]
@@ -100,6 +113,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arm", help="one arm (default: every arm of the sweep)")
     p.add_argument("--metric", default="final_knn_top1", help="the metric the law is fitted on (default: k-NN top-1)")
     p.add_argument("--gpu", help="the GPU model for its datasheet peak, e.g. 'H100 SXM', 'A100' (default: H100 SXM)")
+    p.add_argument("--profile", help="a SLURM profile: its constraint's GPU models (the slowest) give the peak")
     p.add_argument("--mfu", type=float, help="the planned model-FLOPs utilisation (default: 0.4)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap refits for the prediction's interval")
     p.set_defaults(func=cmd_plan)

@@ -56,6 +56,8 @@ def test_the_readout_gives_both_batches_with_intervals_and_a_verdict():
     dino = table.loc["dino"]
     assert dino["b95"] == 16 and dino["b95_upper_bound_only"] and dino["b95_ci_low"] == 0.0
     assert math.isnan(dino["b_simple"]) and dino["runs_measured"] == 0 and dino["agree"] is None
+    assert "keeps 95% of its largest batch's metric at every batch run" in describe_row(
+        rows.loc[rows["method"] == "dino"].iloc[0])
 
 
 def test_they_agree_when_the_intervals_overlap():

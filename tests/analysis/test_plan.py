@@ -127,6 +127,9 @@ def test_the_command_prints_the_plan_and_submit_ready_overrides(sweep):
     assert cfg.method == "dino" and cfg.total_samples > 0
     refused = run_cli("plan", "--budget", f"{100 * hours:.6g}", "--sweep", str(sweep), check=False)
     assert refused.returncode == 1 and "refused — extrapolation" in refused.stdout
+    # The example profile's constraint (a100|h100) plans at the slowest GPU it allows.
+    out = run_cli("plan", "--budget", "1", "--sweep", str(sweep), "--profile", "gpu_example", check=False).stdout
+    assert "378 TFLOP/s" not in out and "312 TFLOP/s, the bf16 dense peak of the slowest GPU profile" in out
     bad = run_cli("plan", "--budget", "-1", "--sweep", str(sweep), check=False)
     assert bad.returncode == 2 and "--budget" in bad.stderr
     assert math.isfinite(hours)
