@@ -116,15 +116,20 @@ def ablation_table(table: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
+def fitting_batch(runs: pd.DataFrame) -> int:
+    """The optimizer batch a law across sizes is fitted at: the one that the most sizes ran (the
+    larger on a tie), so that sizes are compared at one batch and batch effects stay out of the law."""
+    sizes_at = runs.groupby("global_batch")["size"].nunique()
+    return int(max(sizes_at.index, key=lambda b: (sizes_at[b], b)))
+
+
 def model_scaling(df: pd.DataFrame, metric: str = "final_knn_top1", bootstrap: int = 200) -> tuple[pd.DataFrame, dict]:
     """Error (100 - metric) vs params and vs training FLOPs per method, each with a power-law fit."""
     runs = fittable(df, metric)
     runs = runs.loc[runs["drop_rate"].fillna(0) == 0]
     points, fits = [], {}
     for method, g in runs.groupby("method"):
-        # Compare sizes at one optimizer batch: the one that the most sizes ran (the larger on a tie).
-        sizes_at = g.groupby("global_batch")["size"].nunique()
-        batch = max(sizes_at.index, key=lambda b: (sizes_at[b], b))
+        batch = fitting_batch(g)
         g = g.loc[g["global_batch"] == batch]
         error = 100.0 - g[metric].to_numpy(float)
         for axis in ("params", "total_flops"):

@@ -2,10 +2,11 @@
 
 For one arm and a compute budget C (GPU-hours x the GPU's peak x the planned MFU):
 
-- **The law.** Chinchilla's L(N, D) = E + A/N^alpha + B/D^beta on the error (100 - metric) with N
-  the video backbone's parameters and D the samples seen, when the sweep has at least 5 distinct
-  (N, D); otherwise the saturating power law in training FLOPs, error = E + A C^-alpha, when it has
-  at least 3 distinct FLOP totals. Runs without DropToken only.
+- **The law.** At one optimizer batch (the one the most sizes ran), Chinchilla's L(N, D) =
+  E + A/N^alpha + B/D^beta on the error (100 - metric), with N the video backbone's parameters and
+  D the samples seen, when the sweep has at least 5 distinct (N, D); otherwise the saturating
+  power law in training FLOPs, error = E + A C^-alpha, when it has at least 3 distinct FLOP
+  totals. Runs without DropToken only.
 - **The size.** Each of the suite's sizes (with its own FLOPs per sample, from `describe`) gets
   D = C / FLOPs per sample; Chinchilla's law picks the size with the lowest predicted error. The
   law in compute does not tell sizes apart: there the size is the one of the sweep's best run at
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.compare import fitting_batch
 from analysis.critical import critical_batch
 from analysis.fits import FitError, FitWarning, fit_chinchilla, fit_power
 from analysis.runs import LoadWarning, fittable
@@ -87,8 +89,11 @@ def _arm_runs(df: pd.DataFrame, arm: str, metric: str) -> pd.DataFrame:
 
 
 def _fit(runs: pd.DataFrame, metric: str, bootstrap: int):
-    """(law, fit, the fitted runs' largest compute) on the arm's no-drop runs; PlanRefused when neither law is identified."""
+    """(fit, the fitted runs' largest compute) on the arm's no-drop runs at one batch
+    (compare.fitting_batch); PlanRefused when neither law is identified."""
     base = runs.loc[runs["drop_rate"].fillna(0) == 0]
+    if len(base):
+        base = base.loc[base["global_batch"] == fitting_batch(base)]
     error = 100.0 - base[metric].to_numpy(float)
     n, d, c = (base[k].to_numpy(float) for k in ("params", "samples_seen", "total_flops"))
     pairs = np.unique(np.stack([n, d], 1), axis=0).shape[0] if len(base) else 0
@@ -100,7 +105,8 @@ def _fit(runs: pd.DataFrame, metric: str, bootstrap: int):
             else:
                 fit = fit_power(c, error, bootstrap=bootstrap)
         except FitError as err:
-            raise PlanRefused([f"too few points: {err} ({len(base)} runs without DropToken, {pairs} distinct "
+            at = f" at global batch {int(base['global_batch'].iloc[0])}" if len(base) else ""
+            raise PlanRefused([f"too few points: {err} ({len(base)} run(s) without DropToken{at}, {pairs} distinct "
                                f"(N, D), {np.unique(c).size} distinct compute values)"]) from None
     del caught
     return fit, float(np.nanmax(c))
