@@ -119,15 +119,18 @@ def test_the_study_specs_ship():
 def test_the_demo_spec_is_the_study_the_demo_promises():
     """sweeps/demo.yaml: both methods on the same backbone and clips, >= 3 global batches with >= 2
     seeds each, >= 2 model sizes, DropToken 0 and 0.5 for VATT, the same samples per run, no
-    gradient accumulation (a VATT run's batch is its contrastive batch), and plain DINO beside
-    DINO+KoLeo at the largest batch."""
+    gradient accumulation for VATT (a VATT run's batch is its contrastive batch), two micro-steps
+    for DINO, whose runs measure the gradient-noise scale, and plain DINO beside DINO+KoLeo at the
+    largest batch."""
     spec = load_spec(SPECS / "demo.yaml", check_storage=False)
     cfgs = [spec.run_config(p) for p in spec.grid]
     assert {c.method for c in cfgs} == {"vatt", "dino"}
     assert len({c.total_samples for c in cfgs}) == 1
     for field in ("frames", "resolution", "difficulty", "train_size", "eval_size", "seed"):
         assert len({getattr(c.data, field) for c in cfgs}) == 1, field
-    assert all(c.accumulation == 1 and c.world_size == 1 for c in cfgs)
+    assert all(c.world_size == 1 for c in cfgs)
+    assert all(c.accumulation == 1 and not c.gns.every_steps for c in cfgs if c.method == "vatt")
+    assert all(c.accumulation == 2 and c.gns.every_steps == 10 for c in cfgs if c.method == "dino")
     nano = [c for c in cfgs if c.size == "nano" and c.drop_rate == 0]
     batches = {c.global_batch for c in nano}
     assert len(batches) >= 3
