@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.compare import GROUP
+from analysis.compare import GROUP, _t_interval
 from analysis.runs import LoadWarning, fittable
 
 THRESHOLD = 0.95
@@ -76,11 +76,10 @@ def _b_simple(runs: pd.DataFrame, level: float = 0.95) -> tuple[float, float, fl
         return math.nan, math.nan, math.nan, 0
     mean = float(values.mean())
     if values.size >= 2:
-        half = stats.t.ppf((1 + level) / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
-    else:
-        se = pd.to_numeric(runs["b_simple_mean_se"], errors="coerce").to_numpy(float)[ok][0]
-        half = stats.norm.ppf((1 + level) / 2) * se if np.isfinite(se) else math.nan
-    return mean, mean - half, mean + half, int(values.size)
+        return (mean, *_t_interval(values, level), int(values.size))
+    se = pd.to_numeric(runs["b_simple_mean_se"], errors="coerce").to_numpy(float)[ok][0]
+    half = stats.norm.ppf((1 + level) / 2) * se if np.isfinite(se) else math.nan
+    return mean, mean - half, mean + half, 1
 
 
 def critical_batch(df: pd.DataFrame, metric: str = "final_knn_top1", threshold: float = THRESHOLD) -> pd.DataFrame:
@@ -137,7 +136,7 @@ def describe_row(row: pd.Series) -> str:
     b_simple = row.get("b_simple_note") if isinstance(row.get("b_simple_note"), str) else \
         interval(row["b_simple"], row["b_simple_ci_low"], row["b_simple_ci_high"])
     b95 = row.get("b95", math.nan)
-    bound = row.get("b95_upper_bound_only") is True or row.get("b95_upper_bound_only") == True  # noqa: E712 (numpy)
+    bound = row.get("b95_upper_bound_only") == True  # noqa: E712 (a numpy bool, or NaN where B_95 is missing)
     retained = interval(b95, row.get("b95_ci_low", math.nan), row.get("b95_ci_high", math.nan), bound) \
         if np.isfinite(b95) else "needs two batches (one run here)"
     agree = row.get("agree") if row.get("agree") in (True, False) else None

@@ -97,8 +97,8 @@ def _fit(runs: pd.DataFrame, metric: str, bootstrap: int):
     error = 100.0 - base[metric].to_numpy(float)
     n, d, c = (base[k].to_numpy(float) for k in ("params", "samples_seen", "total_flops"))
     pairs = np.unique(np.stack([n, d], 1), axis=0).shape[0] if len(base) else 0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitWarning)
+    with warnings.catch_warnings():  # the plan reads the fit's own warnings (an exponent at its bound)
+        warnings.simplefilter("ignore", FitWarning)
         try:
             if pairs >= 5:
                 fit = fit_chinchilla(n, d, error, bootstrap=bootstrap)
@@ -108,7 +108,6 @@ def _fit(runs: pd.DataFrame, metric: str, bootstrap: int):
             at = f" at global batch {int(base['global_batch'].iloc[0])}" if len(base) else ""
             raise PlanRefused([f"too few points: {err} ({len(base)} run(s) without DropToken{at}, {pairs} distinct "
                                f"(N, D), {np.unique(c).size} distinct compute values)"]) from None
-    del caught
     return fit, float(np.nanmax(c))
 
 
@@ -136,7 +135,7 @@ def _batch(runs: pd.DataFrame, df: pd.DataFrame, arm: str, metric: str) -> tuple
     means = base.groupby("global_batch")[metric].mean()
     best = int(means.idxmax())
     micro = int(base.loc[base["global_batch"] == best, "micro_batch"].max())
-    critical = critical_batch(df, metric)
+    critical = critical_batch(df.loc[df["method"] == arm], metric)  # this arm's readout only
     row = critical.loc[critical["method"] == arm] if not critical.empty else critical
     measured = row["b_simple"].dropna() if len(row) else pd.Series(dtype=float)
     measured = measured[measured > 0]
