@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	bash scripts/ffmpeg_libs.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(QUIET)
-	$(PY) -m pip install -q $(TORCH_SPEC) 2>&1 | $(QUIET)
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(QUIET)
+	$(PY) -m pip install -q --no-cache-dir $(TORCH_SPEC) 2>&1 | $(QUIET)
+	$(PY) -m pip install -q --no-cache-dir -e '.[dev]' 2>&1 | $(QUIET)
 	touch $(STAMP)
 
 # Some tests talk to real services on this machine: a one-node SLURM cluster and a PostgreSQL

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,6 +82,15 @@ def from_rank0(value: float | None) -> float | None:
     dist.broadcast(t, src=0)
     out = float(t.item())
     return None if math.isnan(out) else out
+
+
+def gather_to_all(value: Any) -> list[Any]:
+    """Every rank's `value` (a picklable object), in rank order, on every rank."""
+    if not is_distributed():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def all_reduce_(x: torch.Tensor, op: str = "sum") -> torch.Tensor:

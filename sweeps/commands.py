@@ -116,7 +116,7 @@ def _launch(spec: SweepSpec, launcher: dict[str, Any]):
 
     kind = launcher["type"]
     return launcher_resources(kind, launcher.get("profile") if kind == "slurm" else None, launcher["nproc"],
-                              time=launcher.get("time"), prefix="launcher.")
+                              nodes=launcher.get("nodes"), time=launcher.get("time"), prefix="launcher.")
 
 
 def submit(spec: SweepSpec, launcher: dict[str, Any] | None = None, *, quiet: bool = False):

@@ -5,10 +5,15 @@
 # (default /tmp/scaling-pg) owned by the postgres user, listens on 127.0.0.1:$SCALING_PG_PORT
 # (default 55432) with trust authentication for loopback only, and creates the database `scaling`.
 # `start` prints the storage URL: postgresql://postgres@127.0.0.1:55432/scaling
+# When the two-node test cluster's bridge is up (`slurm/local_cluster.sh start --nodes 2`: scl-br,
+# 10.231.7.254), it also listens on that address and trusts that /24 (the cluster's own network
+# namespaces, which cannot reach this loopback): trials on those nodes use
+# postgresql://postgres@10.231.7.254:55432/scaling.
 set -euo pipefail
 DIR=${SCALING_PG_DIR:-/tmp/scaling-pg}
 PORT=${SCALING_PG_PORT:-55432}
 URL="postgresql://postgres@127.0.0.1:$PORT/scaling"
+BRIDGE=scl-br BRIDGE_ADDR=10.231.7.254 BRIDGE_NET=10.231.7.0/24  # the two-node cluster's (slurm/local_cluster.sh)
 
 bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 
@@ -32,9 +37,15 @@ start() {
   if [ ! -f "$DIR/data/PG_VERSION" ]; then
     as_pg "$bin/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
+  local listen=127.0.0.1
+  if ip -4 addr show dev "$BRIDGE" 2>/dev/null | grep -q "inet $BRIDGE_ADDR/"; then
+    listen="$listen,$BRIDGE_ADDR"
+    grep -q "^host all all $BRIDGE_NET trust" "$DIR/data/pg_hba.conf" ||
+      echo "host all all $BRIDGE_NET trust" >> "$DIR/data/pg_hba.conf"
+  fi
   if ! running; then
     as_pg "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w \
-      -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+      -o "-p $PORT -k $DIR -c listen_addresses=$listen -c max_connections=200" start >/dev/null
   fi
   if ! as_pg psql -h 127.0.0.1 -p "$PORT" -tAc "SELECT 1 FROM pg_database WHERE datname='scaling'" | grep -q 1; then
     as_pg psql -h 127.0.0.1 -p "$PORT" -qc "CREATE DATABASE scaling" >/dev/null

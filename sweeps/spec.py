@@ -25,7 +25,7 @@ is_finite_number = finite_number  # its old name here; scaling.schema.finite_num
 
 SPEC_KEYS = ("name", "description", "base", "fixed", "per_method", "grid", "search", "trials", "objective",
              "pruner", "storage", "launcher", "retries", "dir", "seed", "estimate")
-LAUNCHER_KEYS = ("type", "profile", "nproc", "parallelism", "time")
+LAUNCHER_KEYS = ("type", "profile", "nproc", "nodes", "parallelism", "time")
 DIRECTIONS = ("maximize", "minimize")
 PRUNERS = ("none", "median", "hyperband")
 PRUNER_KEYS = {"none": (), "median": ("n_startup_trials", "n_warmup_steps", "interval_steps"),
@@ -279,15 +279,17 @@ def _launcher(raw: dict, spec_path: Path) -> dict[str, Any]:
         raise SpecError(f"launcher.{bad[0]}", f"unknown key; allowed keys: {', '.join(LAUNCHER_KEYS)}")
     launcher.setdefault("type", "local")
     choice("launcher.type", launcher["type"], LAUNCHER_TYPES, error=SpecError)
-    for key in ("nproc", "parallelism"):
+    for key in ("nproc", "nodes", "parallelism"):
         integer(f"launcher.{key}", launcher.get(key, 1), minimum=1, error=SpecError)
     launcher.setdefault("nproc", 1)
+    if "nodes" in launcher and launcher["type"] != "slurm" and launcher["nodes"] != 1:
+        raise SpecError("launcher.nodes", f"got {launcher['nodes']}; the {launcher['type']} launcher runs on one node")
     if "profile" in launcher:
         launcher["profile"] = _relative(launcher["profile"], spec_path)
     if launcher["type"] == "slurm":
         try:
-            launcher_resources("slurm", launcher.get("profile"), launcher["nproc"], time=launcher.get("time"),
-                               prefix="launcher.")
+            launcher_resources("slurm", launcher.get("profile"), launcher["nproc"], nodes=launcher.get("nodes"),
+                               time=launcher.get("time"), prefix="launcher.")
         except ProfileError as err:
             raise SpecError(err.field, err.message) from None
     return launcher

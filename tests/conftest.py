@@ -29,22 +29,44 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("services"))
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    """The local test cluster (slurm/local_cluster.sh, which `make test` starts): sbatch answers and
-    the `local` partition exists. Without it the test skips, or fails where SCALING_REQUIRE_SERVICES=1."""
+def _require_cluster(nodes: int, start: str) -> None:
+    """Skip (or fail, where SCALING_REQUIRE_SERVICES=1) unless the cluster of SLURM_CONF answers and
+    its `local` partition has `nodes` nodes."""
     from slurm.cluster import partitions, sbatch_answers
 
     reason = None
     if not sbatch_answers():
-        reason = "no SLURM controller answers (start one with: slurm/local_cluster.sh start)"
-    elif "local" not in partitions():
-        reason = "this SLURM cluster has no `local` partition (the one slurm/local_cluster.sh starts)"
+        reason = f"no SLURM controller answers (start one with: {start})"
+    elif "local" not in (parts := partitions()):
+        reason = f"this SLURM cluster has no `local` partition (the one {start} starts)"
+    elif parts["local"].nodes != nodes:
+        reason = f"the `local` partition has {parts['local'].nodes} node(s), not {nodes} ({start})"
     if reason:
         if os.environ.get("SCALING_REQUIRE_SERVICES") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The local one-node test cluster (slurm/local_cluster.sh, which `make test` starts): sbatch
+    answers and the `local` partition exists. Without it the test skips, or fails where
+    SCALING_REQUIRE_SERVICES=1."""
+    _require_cluster(1, "slurm/local_cluster.sh start")
     return True
+
+
+TWO_NODE_CONF = "/tmp/scaling-slurm-2nodes/slurm.conf"
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """The two-node test cluster (`slurm/local_cluster.sh start --nodes 2`, which `make test` starts;
+    each slurmd in its own network and UTS namespace): SLURM_CONF points at it for the test and the
+    CLI it runs. Skips without it, or fails where SCALING_REQUIRE_SERVICES=1."""
+    monkeypatch.setenv("SLURM_CONF", os.environ.get("SCALING_SLURM_CONF_2NODES", TWO_NODE_CONF))
+    _require_cluster(2, "slurm/local_cluster.sh start --nodes 2")
+    return os.environ["SLURM_CONF"]
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ PG_URL = os.environ.get("SCALING_PG_URL", "postgresql://postgres@127.0.0.1:55432
 FIXED = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in TINY)}
 
 
-def postgres_answers() -> bool:
+def postgres_answers(url: str = PG_URL) -> bool:
     try:
         import psycopg
 
-        psycopg.connect(PG_URL, connect_timeout=5).close()
+        psycopg.connect(url, connect_timeout=5).close()
         return True
     except Exception:
         return False

@@ -24,7 +24,7 @@ from scaling.data.device import Prefetcher
 from scaling.data.loader import build_dataset, build_loader
 from scaling.data.windows import mix_seed
 from scaling.describe import describe, engine_zero_stage, resolved_precision
-from scaling.distributed import all_agree, all_true, barrier, from_rank0
+from scaling.distributed import all_agree, all_true, barrier, from_rank0, gather_to_all
 from scaling.eval.evaluate import evaluate
 from scaling.models import build_model
 from scaling.objectives import build_objective, caches_negatives, dataset_options
@@ -122,8 +122,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     run_dir = Path(run_dir)
     rank, world = init_distributed()
     deadline = from_rank0(deadline)
+    ranks = gather_to_all(rd.rank_placement(rank))
     if rank == 0:
-        rd.prepare(cfg, run_dir)
+        rd.prepare(cfg, run_dir, ranks=ranks)
     barrier()
     done = rd.read_summary(run_dir)
     if done.get(END_REASON) == COMPLETED and done.get(STEPS, 0) >= cfg.total_steps:

@@ -144,10 +144,11 @@ def git_commit() -> str | None:
         return None
 
 
-def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
+def prepare(cfg, run_dir: Path, *, with_environment: bool = True, ranks: list[dict] | None = None) -> None:
     """Create the layout and write config.yaml; an existing run directory must hold the same config
     (it is resumed). env.json is written by the process that trains (a submitter skips it: it would
-    import torch and DeepSpeed only to describe the wrong machine)."""
+    import torch and DeepSpeed only to describe the wrong machine); `ranks` (rank_placement of every
+    rank, in rank order) goes in it as "ranks"."""
     from scaling.config import RunConfig
 
     check_resumable(cfg, run_dir)
@@ -157,7 +158,13 @@ def prepare(cfg, run_dir: Path, *, with_environment: bool = True) -> None:
     if not cfg_path.exists() or RunConfig.load(cfg_path) != cfg:  # new, or resumed on other ranks/stage
         atomic_write(cfg_path, cfg.to_yaml())
     if with_environment:
-        write_json(run_dir / ENV, environment())
+        write_json(run_dir / ENV, {**environment(), **({"ranks": ranks} if ranks is not None else {})})
+
+
+def rank_placement(rank: int) -> dict[str, Any]:
+    """Where this rank runs: its host, process, local rank and SLURM node (env.json's "ranks")."""
+    return {"rank": rank, "hostname": socket.gethostname(), "pid": os.getpid(),
+            "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "slurm_node_id": os.environ.get("SLURM_NODEID")}
 
 
 def check_resumable(cfg, run_dir: Path) -> None:

@@ -4,14 +4,10 @@ import subprocess
 
 import pytest
 import yaml
-from clitools import TINY, read_metrics, run_cli
-from slurmtools import job_id, job_states, squeue_ids, steps_logged, wait_final, wait_for
+from clitools import TINY, run_cli
+from slurmtools import job_id, job_states, losses, squeue_ids, steps_logged, stop_when_resumed, wait_for
 
 VATT = [*TINY, "method=vatt", "zero_stage=2"]
-
-
-def losses(run_dir):
-    return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
 
 
 def layout(run_dir):
@@ -71,30 +67,6 @@ def test_a_job_array_of_three_runs_completes_each_in_its_own_run_directory(clust
         assert json.loads((d / "summary.json").read_text())["end_reason"] == "completed"
 
 
-def _stop_when_resumed(run_dir, job, timeout: float = 900, every: int = 1) -> list[int]:
-    """Wait until the requeued attempt has resumed and logged a step of its own, then ask the run to
-    stop (a cancel request: it saves a checkpoint and ends by itself at its next step). However fast
-    the machine trains, the run (100,000 steps) is still going when it is asked; returns the steps logged."""
-    from scaling.train.rundir import request_cancel
-
-    log = run_dir / "logs" / job / f"{job}_0_log.out"  # both attempts: the log is appended to
-    def resumed_step():
-        text = log.read_text() if log.is_file() else ""
-        if "resumed from step" not in text:
-            return None
-        start = int(text.split("resumed from step", 1)[1].split()[0])
-        return start if max(steps_logged(run_dir), default=0) > start else None
-    wait_for(resumed_step, timeout, "the requeued attempt to resume and log a step")
-    request_cancel(run_dir)
-    assert wait_final(job, timeout=300) == "COMPLETED"  # it stopped by itself
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["end_reason"] == "cancelled"
-    logged = steps_logged(run_dir)
-    assert logged == sorted(set(logged)) and logged[-1] <= summary["steps"]  # each step once, in order
-    assert set(range(every, summary["steps"] + 1, every)) <= set(logged)   # none lost across the attempts
-    return logged
-
-
 def test_preemption_requeues_and_resumes_with_every_step_logged_once(cluster, tmp_path):
     run_dir = tmp_path / "preempted"
     run_cli("train", *VATT, "steps=100000", "checkpoint_every=5", "--run-dir", str(run_dir),
@@ -102,7 +74,7 @@ def test_preemption_requeues_and_resumes_with_every_step_logged_once(cluster, tm
     job = job_id(run_dir)
     wait_for(lambda: len(steps_logged(run_dir)) >= 12, 180, "step 12")
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    _stop_when_resumed(run_dir, job)
+    stop_when_resumed(run_dir, job)
     log = (run_dir / "logs" / job / f"{job}_0_log.out").read_text()
     assert "this job is preempted" in log and "Requeued job" in log
 
@@ -125,7 +97,7 @@ def test_a_run_past_its_time_limit_is_requeued_and_resumes(cluster, tmp_path):
              600, "the job to be requeued before its time limit")
     wait_for(lambda: job_states([job])[job] == "PENDING", 120, "the requeued job to be pending")
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=True)
-    _stop_when_resumed(run_dir, job, every=10)
+    stop_when_resumed(run_dir, job, every=10)
     log = log_file.read_text()
     # Requeued by submitit on SLURM's USR2, or, should the signal not come, by the run's own deadline.
     assert ("this job is timed-out" in log and "Requeued job" in log) or "time limit near: requeuing job" in log

@@ -42,6 +42,9 @@ def spec_file(tmp_path, **fields):
     ({"launcher": {"type": "slurm", "profile": "nonexistent"}}, "launcher.profile"),
     ({"launcher": {"type": "local", "gpus": 8}}, "launcher.gpus"),
     ({"launcher": {"type": "local", "nproc": 0}}, "launcher.nproc"),
+    ({"launcher": {"type": "local", "nproc": 2, "nodes": 2}}, "launcher.nodes"),    # local: one node
+    ({"launcher": {"type": "slurm", "profile": "local", "nproc": 3, "nodes": 2}}, "launcher.nproc"),  # uneven
+    ({"launcher": {"type": "slurm", "profile": "local", "nodes": 0}}, "launcher.nodes"),
     ({"retries": -1}, "retries"),
     ({"base": "no_such_config.yaml"}, "base"),
     ({"storage": "postgresql://nobody@127.0.0.1:1/none"}, "storage"),               # cannot be opened

@@ -27,6 +27,8 @@ def test_train_runs_end_to_end_at_every_zero_stage(tmp_path, tiny, method, stage
     assert cfg["world_size"] == nproc and cfg["zero_stage"] == stage
     env = json.loads((run_dir / "env.json").read_text())
     assert env["world_size"] == nproc
+    assert [r["rank"] for r in env["ranks"]] == list(range(nproc))               # where each rank ran
+    assert len({r["pid"] for r in env["ranks"]}) == nproc and {r["local_rank"] for r in env["ranks"]} == set(range(nproc))
     if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:  # local ranks split the cores, not each take all
         assert env["torch_threads"] == cpu_share(nproc) == max(1, len(os.sched_getaffinity(0)) // nproc)
     summary = json.loads((run_dir / "summary.json").read_text())
