@@ -6,6 +6,7 @@ Differentiable gathers and sums for the losses, the control-flow agreements of t
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -85,12 +86,18 @@ def from_rank0(value: float | None) -> float | None:
 
 
 def gather_to_all(value: Any) -> list[Any]:
-    """Every rank's `value` (a picklable object), in rank order, on every rank."""
+    """Every rank's `value` (JSON-serialisable), in rank order, on every rank: its UTF-8 bytes
+    padded to the longest rank's length and gathered as one tensor on the collective device (two
+    tensor collectives; torch's all_gather_object would pick its own device)."""
     if not is_distributed():
         return [value]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
+    data = torch.tensor(list(json.dumps(value).encode()), dtype=torch.uint8)
+    length = torch.tensor([data.numel()], dtype=torch.int64)
+    lengths = all_gather_cat(length)
+    padded = torch.zeros(int(lengths.max()), dtype=torch.uint8)
+    padded[:data.numel()] = data
+    rows = all_gather_cat(padded[None])
+    return [json.loads(bytes(row[:int(n)].tolist()).decode()) for row, n in zip(rows, lengths)]
 
 
 def all_reduce_(x: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -8,9 +8,9 @@ mkdir -p .whl
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 py=(--python-version 3.12 --implementation cp --only-binary=:all: --no-deps -d .whl)
 # DeepSpeed ships as an sdist: build a pure-Python wheel (ops JIT-compile on first use).
-.venv/bin/python -m pip wheel --no-deps --no-build-isolation -w .whl "deepspeed==$(.venv/bin/python -c 'import deepspeed;print(deepspeed.__version__)')"
-# timm (+ safetensors, huggingface_hub) for benchmark 1 against timm's ViT on the GPU.
-for pkg in hjson pydantic pydantic-core annotated-types typing-inspection timm safetensors huggingface-hub; do
+.venv/bin/python -m pip wheel --no-deps --no-build-isolation -w .whl "deepspeed==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("deepspeed"))')"
+# DeepSpeed's own needs that the image lacks (its image has timm, msgpack, ninja, py-cpuinfo, psutil).
+for pkg in hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions; do
   python3 -m pip download "${py[@]}" "${plat[@]}" "$pkg" || python3 -m pip download --no-deps -d .whl "$pkg"
 done
 ls -la .whl

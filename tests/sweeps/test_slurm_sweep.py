@@ -59,11 +59,14 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
     def run_dir_of(t):
         return spec.dir / "trials" / t["run_dir"].split("/")[-1]
 
-    wait_for(lambda: all(len(steps_logged(run_dir_of(t))) >= 12 for t in victims), 300,
-             "both victims to pass a checkpoint", poll=0.2)
-    # SIGKILL at once, to every process of the job: a plain scancel sends SIGTERM, which submitit
-    # ignores, and only kills after KillWait, time enough for a fast machine to finish the 150 steps.
-    subprocess.run(["scancel", "--signal=KILL", "--full", *(t["job_id"] for t in victims)], check=True)
+    # SIGKILL to every process of the job: a plain scancel sends SIGTERM, which submitit ignores, and
+    # only kills after KillWait, time enough for a fast machine to finish the 150 steps. Each victim
+    # is killed as soon as it passes a checkpoint, not both at once: on a loaded machine the second
+    # may start late, and the first would finish while the test waited for it.
+    for t in victims:
+        wait_for(lambda: len(steps_logged(run_dir_of(t))) >= 12, 300, f"trial {t['number']} to pass a checkpoint",
+                 poll=0.2)
+        subprocess.run(["scancel", "--signal=KILL", "--full", t["job_id"]], check=True)
 
     def settled():
         s = sweep_status(path)
