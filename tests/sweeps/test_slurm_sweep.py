@@ -64,7 +64,7 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
     # is killed as soon as it passes a checkpoint, not both at once: on a loaded machine the second
     # may start late, and the first would finish while the test waited for it.
     for t in victims:
-        wait_for(lambda: len(steps_logged(run_dir_of(t))) >= 12, 300, f"trial {t['number']} to pass a checkpoint",
+        wait_for(lambda t=t: len(steps_logged(run_dir_of(t))) >= 12, 300, f"trial {t['number']} to pass a checkpoint",
                  poll=0.2)
         subprocess.run(["scancel", "--signal=KILL", "--full", t["job_id"]], check=True)
 
