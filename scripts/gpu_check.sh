@@ -45,7 +45,7 @@ if [ "$smoke" = 1 ]; then
   nb_batch=16; nb_micro=2; gns_micro=2; gns_steps=8
 else
   common=(size=base precision=bf16 steps=40 log_every=1 eval.random_init=false eval.linear_probe=false
-          data.train_size=4096 data.eval_size=128 data.num_workers=12)
+          data.train_size=1536 data.eval_size=128 data.num_workers=12)
   vatt=(method=vatt data.frames=32 data.resolution=224 data.audio_samples=153600 global_batch=32 micro_batch=32)
   dino=(method=dino dino.input=image dino.patch_size=16 dino.local_resolution=96 data.frames=4 data.resolution=224
         global_batch=64 micro_batch=64)
