@@ -148,16 +148,18 @@ def set_user_attr(study, trial, name: str, value: Any) -> None:
 
 
 def finish(study, trial, state: str, value: float | None = None, reason: str = "") -> None:
-    """Tell the study how a trial ended; a trial already finished by someone else is left alone."""
+    """Tell the study how a trial ended; a trial already finished by someone else is left alone (its
+    job told the study between our reading it RUNNING and this tell: optuna's skip_if_finished)."""
     import optuna
 
     try:
         if reason:
             set_user_attr(study, trial, schema.END_REASON, reason)
         if state == "COMPLETE":
-            with_retries(lambda: study.tell(trial.number, value))
+            with_retries(lambda: study.tell(trial.number, value, skip_if_finished=True))
         else:
-            with_retries(lambda: study.tell(trial.number, state=getattr(optuna.trial.TrialState, state)))
+            ended = getattr(optuna.trial.TrialState, state)
+            with_retries(lambda: study.tell(trial.number, state=ended, skip_if_finished=True))
     except (RuntimeError, ValueError) as err:
         if "finished" not in str(err).lower():
             raise

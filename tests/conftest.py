@@ -21,12 +21,32 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SERVICE_MODULES = ("tests/slurm/", "tests/sweeps/", "tests/test_demo.py")
 
 
-def pytest_collection_modifyitems(config, items):
+def _is_service_test(item) -> bool:
     root = Path(__file__).resolve().parent.parent
+    return Path(item.fspath).resolve().relative_to(root).as_posix().startswith(SERVICE_MODULES)
+
+
+# tryfirst: xdist's worker appends each item's group to its nodeid in its own
+# pytest_collection_modifyitems, so the marker must be on the item before that hook runs.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
     for item in items:
-        where = Path(item.fspath).resolve().relative_to(root).as_posix()
-        if where.startswith(SERVICE_MODULES):
+        if _is_service_test(item):
             item.add_marker(pytest.mark.xdist_group("services"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """On the controller under --dist loadgroup: refuse to schedule if the grouping did not take. The
+    scheduler groups by the `@services` suffix of each nodeid; without it the services' tests would
+    share the cluster across workers and race on its queue."""
+    if node.config.getoption("dist") != "loadgroup":
+        return
+    lost = [i for i in ids if i.startswith(SERVICE_MODULES) and not i.endswith("@services")]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {len(lost)} services test(s), e.g. {lost[0]}: this pytest and "
+            "pytest-xdist disagree on how a nodeid is renamed (see the pin in pyproject.toml)")
 
 
 def _require_cluster(nodes: int, start: str) -> None:

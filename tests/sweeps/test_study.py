@@ -77,3 +77,20 @@ def test_a_tpe_sweep_with_median_pruning_prunes_a_trial(tmp_path, storage):
     summary = json.loads((tmp_path / "sweep" / "trials" / pruned["run_dir"].split("/")[-1] / "summary.json").read_text())
     assert summary["stop"] == "pruned at step 2" and summary["steps"] == 2
     assert all(1e-4 <= t["params"]["lr"] <= 1e-3 for t in status["trials"])
+
+
+@pytest.mark.parametrize("state", ["COMPLETE", "FAIL"])
+def test_finishing_a_trial_its_job_finished_first_leaves_the_jobs_result(tmp_path, storage, state):
+    """reconcile reads the RUNNING trials, then asks SLURM; a job that ends between the two has told the
+    study itself, and the reconciler's late tell must leave that result as it is."""
+    path = write_spec(tmp_path, storage=storage, grid={"seed": [0]}, launcher={"type": "debug"})
+    spec = load_spec(path)
+    with submit_lock(spec):
+        study = open_study(spec)
+        create_trial(spec, study, dict(spec.grid[0]))
+    stale = next(t for t in study.get_trials() if t.state.name == "RUNNING")
+    finish(open_study(spec), stale, "COMPLETE", 0.5, reason="completed")  # the job's own tell
+    for reason in ("job ended", ""):  # the late tell with a reason to record, and without one
+        finish(study, stale, state, 0.1 if state == "COMPLETE" else None, reason=reason)
+    (trial,) = open_study(spec).get_trials()
+    assert (trial.state.name, trial.value, trial.user_attrs["end_reason"]) == ("COMPLETE", 0.5, "completed")
