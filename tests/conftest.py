@@ -21,17 +21,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SERVICE_MODULES = ("tests/slurm/", "tests/sweeps/", "tests/test_demo.py")
 
 
-def _is_service_test(item) -> bool:
-    root = Path(__file__).resolve().parent.parent
-    return Path(item.fspath).resolve().relative_to(root).as_posix().startswith(SERVICE_MODULES)
-
-
 # tryfirst: xdist's worker appends each item's group to its nodeid in its own
 # pytest_collection_modifyitems, so the marker must be on the item before that hook runs.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _is_service_test(item):
+        if item.nodeid.startswith(SERVICE_MODULES):  # nodeids are relative to the repository root
             item.add_marker(pytest.mark.xdist_group("services"))
 
 
