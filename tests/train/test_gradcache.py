@@ -2,7 +2,8 @@
 gradient of a cached step equals the gradient of the optimizer-batch loss computed with a full
 graph, with every random draw on (so pass 2 must replay pass 1's DropToken, stochastic depth,
 dropout and augmentation); and, with the randomness and the heads' batch statistics out of the way,
-that of one big micro-batch without accumulation."""
+that of one big micro-batch without accumulation. The heads' BatchNorm running statistics end as
+the reference's: updated once per micro-batch, in order."""
 import copy
 import json
 import os
@@ -28,6 +29,13 @@ def _batch(indices):
 
 def _grads(module):
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def _norm_stats(module):
+    from scaling.distributed import SyncBatchNorm1d
+
+    return {f"{n}.{b}": getattr(m, b).detach().clone().double() for n, m in module.named_modules()
+            if isinstance(m, SyncBatchNorm1d) for b in ("running_mean", "running_var", "num_batches_tracked")}
 
 
 def _reference_grads(objective, module, batches, seed, span, generator, world):
@@ -106,7 +114,10 @@ def _case(case: str, rank: int, world: int) -> dict:
         rows = [rank + world * i for i in range(MICRO * STEPS_PER)]
         want = _reference_grads(big_objective, reference, [_batch(rows)], seed,
                                 draws.span_of(MICRO * STEPS_PER, rank, world), generator, world)
-    return {"names": sorted(want), "missing": sorted(set(want) ^ set(got)),
+    # The heads' running statistics: updated once per micro-batch, in order, as the reference did.
+    stats, want_stats = _norm_stats(engine.module), _norm_stats(reference)
+    return {"names": sorted(want), "missing": sorted(set(want) ^ set(got)), "stats": sorted(stats),
+            "stats_err": max(float((stats[n] - want_stats[n]).abs().max()) for n in want_stats),
             "max_err": max(float((got[n] - want[n]).abs().max()) for n in want),
             "max_grad": max(float(want[n].abs().max()) for n in want),
             "negatives": metrics["negatives_per_positive"], "loss": float(loss)}
@@ -123,4 +134,5 @@ def test_a_cached_step_gives_the_gradient_of_the_optimizer_batch_loss(tmp_path, 
             assert r["names"] and not r["missing"], (case, r["missing"])
             # fp32 noise: the two paths sum the same terms in other orders
             assert r["max_err"] <= 1e-5 * max(1.0, r["max_grad"]), (case, r)
+            assert r["stats"] and r["stats_err"] <= 1e-6, (case, r["stats_err"])
             assert r["negatives"] == MICRO * STEPS_PER * world - 1  # the optimizer batch, not the micro-batch
