@@ -8,8 +8,9 @@ them is kept. Pass 2 backpropagates the kept gradient through each micro-batch (
 sum(embedding * gradient)), so the parameters receive exactly the gradient of the optimizer-batch
 loss: first through the last micro-batch's graph, which pass 1 kept, then through each other
 micro-batch, rerun with a graph. Keeping the last graph adds no activation memory but the
-loss's own (pass 2 holds one micro-batch's graph at a time anyway) and saves one forward of the n: the extra cost is n - 1
-forwards, not n, and with one micro-batch a cached step is an ordinary one.
+loss's own (pass 2 holds one micro-batch's graph at a time anyway) and saves one forward of the
+n: the extra cost is n - 1 forwards, not n, and with one micro-batch a cached step is an ordinary
+one.
 
 Pass 2 replays pass 1's randomness exactly. Each micro-step of pass 1 reseeds torch and the
 augmentation generator from (seed, global micro-step) and draws inside `draws.micro_step`, as the
