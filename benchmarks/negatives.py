@@ -6,7 +6,8 @@
    The goal is a step time at most 1.35x (one extra forward is inherent) and a peak memory near
    that of one G/8 micro-batch. A third case runs the same G/8 micro-batches without the cache
    (in-batch negatives under accumulation), to tell GradCache's own cost, the extra forward, from
-   that of running small micro-batches at all.
+   that of running small micro-batches at all. A fourth case caches 2 micro-batches of G/2, the
+   regime of a micro-batch that fills the device, where accumulation itself costs little.
 2. `vatt.loss=sigmoid` (SigLIP) against `nce` on 2 ranks (gloo on a CPU, NCCL on GPUs), with the
    negatives all-gathered in both.
 
@@ -115,8 +116,10 @@ def run(scale: str) -> Result:
             "vatt.negatives=batch": (_overrides(plan), 1),
             "vatt.negatives=cached": (_overrides(plan, **{"vatt.negatives": "cached", "micro_batch": cached_micro}), 1),
             "batch, accumulation": (_overrides(plan, micro_batch=cached_micro), 1),
+            "vatt.negatives=cached, 2 micro-batches": (
+                _overrides(plan, **{"vatt.negatives": "cached", "micro_batch": batch // 2}), 1),
         }, plan, root, {"vatt.negatives=batch": batch, "vatt.negatives=cached": cached_micro,
-                        "batch, accumulation": cached_micro})
+                        "batch, accumulation": cached_micro, "vatt.negatives=cached, 2 micro-batches": batch // 2})
         rows[1]["cached / accumulation"] = rows[1]["step s"] / rows[2]["step s"]
         half = batch // 2
         rows += _compare("sigmoid vs NCE, 2 ranks", {
@@ -125,6 +128,7 @@ def run(scale: str) -> Result:
         }, plan, root, {"vatt.loss=nce": half, "vatt.loss=sigmoid": half})
     cached = rows[1]
     cached[f"goal <= {FACTOR}"] = cached["ratio"] <= FACTOR
+    rows[3][f"goal <= {FACTOR}"] = rows[3]["ratio"] <= FACTOR
     met = None if scale == "smoke" else bool(cached["ratio"] <= FACTOR and cached["memory ratio"] < 1.0)
     notes = [f"{scale} scale: VATT {plan['size']}, global batch {batch}, {plan['geometry']}, "
              f"{plan['steps']} steps per run (the first {plan['skip']} not timed), {plan['rounds']} round(s)",

@@ -134,10 +134,15 @@ def all_gather_cat(x: torch.Tensor, group=None) -> torch.Tensor:
 
 
 def barrier() -> None:
-    """Every rank waits for the others (a no-op without a process group). NCCL's barrier runs on
-    the current device, which `init_distributed` sets before the first one."""
+    """Every rank waits for the others (a no-op without a process group). A CUDA-only backend
+    (NCCL) is told this rank's GPU: without it, NCCL guesses the device and warns, wherever the
+    process group was made without a `device_id` (DeepSpeed leaves it out on one rank)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        device = collective_device()
+        if device.type == "cuda":
+            dist.barrier(device_ids=[device.index])
+        else:
+            dist.barrier()
 
 
 class _GatherWithLocalGrad(torch.autograd.Function):

@@ -66,6 +66,22 @@ def test_collective_device_is_the_rank_gpu_when_the_backend_serves_only_cuda(mon
     assert distributed.collective_device() == torch.device(expected)
 
 
+@pytest.mark.parametrize("backend, expected", [
+    ("nccl", {"device_ids": [2]}),       # NCCL's barrier is told its GPU, else it guesses and warns
+    ("gloo", {}),
+    ("cpu:gloo,cuda:nccl", {}),
+])
+def test_barrier_names_the_rank_gpu_only_under_a_cuda_only_backend(monkeypatch, backend, expected):
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: backend)
+    monkeypatch.setattr(dist, "barrier", lambda **kwargs: seen.append(kwargs))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    distributed.barrier()
+    assert seen == [expected]
+
+
 def test_init_distributed_selects_the_visible_gpu_before_the_process_group(monkeypatch):
     """set_device(LOCAL_RANK) fails where a task sees one GPU; the ordinal is LOCAL_RANK % count."""
     import deepspeed
