@@ -1,4 +1,5 @@
 """Sweeps end to end on the real local SLURM cluster (SQLite storage in the sweep directory)."""
+import ast
 import json
 import re
 import subprocess
@@ -51,22 +52,34 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
     steps = 150
     path = write_spec(tmp_path, grid={"seed": [0, 1, 2, 3]}, launcher=SLURM,
                       fixed={**FIXED, "steps": steps, "checkpoint_every": 10, "eval.linear_probe": False})
-    run_cli("sweep", "submit", path)
     spec = load_spec(path)
+    out = run_cli("sweep", "submit", path).stdout
+    # The victims are found from what submit printed, not from `sweep status`: a status call is a CLI
+    # that imports torch, and on a loaded machine it can outlast a 150-step run. The array's first
+    # two elements run first, side by side.
+    jobs = {ast.literal_eval(params)["seed"]: job for job, params in re.findall(r"^trial \d+: job (\S+) (\{.*\})$", out, re.M)}
+    assert sorted(jobs) == [0, 1, 2, 3], out
+    victims = [(jobs[seed], spec.run_dir({"seed": seed})) for seed in (0, 1)]
+
+    # SIGKILL to every process of the job: a plain scancel sends SIGTERM, which submitit ignores, and
+    # only kills after KillWait, time enough for a fast machine to finish the 150 steps. Both victims
+    # are watched at once and each is killed as soon as it passes a checkpoint: they start side by
+    # side but need not keep in step.
+    killed = set()
+
+    def kill_each_past_a_checkpoint():
+        for job, run_dir in victims:
+            if job not in killed and len(steps_logged(run_dir)) >= 12:
+                subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
+                killed.add(job)
+        return len(killed) == len(victims)
+
+    wait_for(kill_each_past_a_checkpoint, 300, "both victims to pass a checkpoint", poll=0.2)
     first = {t["params"]["seed"]: t for t in sweep_status(path)["trials"]}
-    victims = [first[0], first[1]]  # the array's first two elements run first, side by side
+    assert [first[seed]["job_id"] for seed in (0, 1)] == [job for job, _ in victims]
 
     def run_dir_of(t):
         return spec.dir / "trials" / t["run_dir"].split("/")[-1]
-
-    # SIGKILL to every process of the job: a plain scancel sends SIGTERM, which submitit ignores, and
-    # only kills after KillWait, time enough for a fast machine to finish the 150 steps. Each victim
-    # is killed as soon as it passes a checkpoint, not both at once: on a loaded machine the second
-    # may start late, and the first would finish while the test waited for it.
-    for t in victims:
-        wait_for(lambda t=t: len(steps_logged(run_dir_of(t))) >= 12, 300, f"trial {t['number']} to pass a checkpoint",
-                 poll=0.2)
-        subprocess.run(["scancel", "--signal=KILL", "--full", t["job_id"]], check=True)
 
     def settled():
         s = sweep_status(path)
@@ -81,7 +94,7 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
                       600, "the resubmitted trials", poll=3)
     complete = [t for t in status["trials"] if t["state"] == "COMPLETE"]
     assert sorted(t["params"]["seed"] for t in complete) == [0, 1, 2, 3]      # exactly the grid
-    for t in victims:
+    for t in (first[0], first[1]):
         run_dir = run_dir_of(t)
         record = json.loads((run_dir / "job.json").read_text())
         assert record["history"][0]["job_id"] == t["job_id"]                    # resubmitted
