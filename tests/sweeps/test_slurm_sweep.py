@@ -78,9 +78,6 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
     first = {t["params"]["seed"]: t for t in sweep_status(path)["trials"]}
     assert [first[seed]["job_id"] for seed in (0, 1)] == [job for job, _ in victims]
 
-    def run_dir_of(t):
-        return spec.dir / "trials" / t["run_dir"].split("/")[-1]
-
     def settled():
         s = sweep_status(path)
         return s if s["counts"].get("RUNNING", 0) == 0 else None
@@ -94,10 +91,9 @@ def test_submit_after_killing_half_the_jobs_reruns_them_from_their_checkpoints(c
                       600, "the resubmitted trials", poll=3)
     complete = [t for t in status["trials"] if t["state"] == "COMPLETE"]
     assert sorted(t["params"]["seed"] for t in complete) == [0, 1, 2, 3]      # exactly the grid
-    for t in (first[0], first[1]):
-        run_dir = run_dir_of(t)
+    for job, run_dir in victims:
         record = json.loads((run_dir / "job.json").read_text())
-        assert record["history"][0]["job_id"] == t["job_id"]                    # resubmitted
+        assert record["history"][0]["job_id"] == job                            # resubmitted
         assert "resumed from step" in open(record["stdout"]).read()           # from its checkpoint
         assert steps_logged(run_dir) == list(range(1, steps + 1))
     assert "nothing to submit" in run_cli("sweep", "submit", path).stdout
