@@ -251,22 +251,22 @@ def worker(scale: str, out_path: Path, precisions: list[str]) -> None:
     import torch
 
     from scaling.distributed import barrier
-    from scaling.train.engine import init_distributed
+    from scaling.train.engine import joined_process_group
 
     torch.set_num_threads(1)
-    rank, world = init_distributed()
-    results = {}
-    for precision in precisions:
-        for stage in STAGES:
-            t0 = time.perf_counter()
-            results[f"{precision}/{stage}"] = measure(precision, stage, SCALE_OVERRIDES[scale], world)
-            results[f"{precision}/{stage}"]["seconds"] = time.perf_counter() - t0
-            print(f"[zero_memory] rank {rank}: {precision} stage {stage}: {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr, flush=True)
-            barrier()
-    tmp = out_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"rank": rank, "world": world, "results": results}))
-    os.replace(tmp, out_path)
+    with joined_process_group() as (rank, world):
+        results = {}
+        for precision in precisions:
+            for stage in STAGES:
+                t0 = time.perf_counter()
+                results[f"{precision}/{stage}"] = measure(precision, stage, SCALE_OVERRIDES[scale], world)
+                results[f"{precision}/{stage}"]["seconds"] = time.perf_counter() - t0
+                print(f"[zero_memory] rank {rank}: {precision} stage {stage}: {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr, flush=True)
+                barrier()
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"rank": rank, "world": world, "results": results}))
+        os.replace(tmp, out_path)
 
 
 # ----------------------------------------------------------------------------- launching (the parent)

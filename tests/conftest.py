@@ -86,9 +86,9 @@ def two_nodes(monkeypatch):
 
 @pytest.fixture
 def process_group_env(monkeypatch):
-    """The torch.distributed environment of an in-process world of one, undone after the test: the
-    process group itself outlives the test, but no later subprocess inherits its MASTER_PORT (whose
-    store this process still holds) and fails to bind it."""
+    """The torch.distributed environment of an in-process world of one, undone after the test: a
+    process group the test made itself (train() ends its own) outlives the test, but no later
+    subprocess inherits its MASTER_PORT (whose store this process still holds) and fails to bind it."""
     from scaling.train.engine import free_port
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",

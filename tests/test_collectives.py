@@ -154,6 +154,7 @@ def _rank(rank: int, port: int, run_dir: str, out: str, overrides: list[str]) ->
     import time
 
     from scaling.config import RunConfig
+    from scaling.train.engine import joined_process_group
     from scaling.train.loop import train
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -163,9 +164,11 @@ def _rank(rank: int, port: int, run_dir: str, out: str, overrides: list[str]) ->
     cfg = RunConfig.load(None, overrides)
     # A deadline already past: the run stops after its first step with a checkpoint (broadcast of the
     # deadline, the step's flags, a save); the second call resumes it (the checkpoint agreement) and
-    # finishes (evaluation's gathers).
-    first = train(cfg, run_dir, deadline=time.time() - 1)
-    second = train(cfg, run_dir)
+    # finishes (evaluation's gathers). Both run in this rank's one group: a run ends only a group it
+    # made, and a second rendezvous on the same port could meet the first one's store.
+    with joined_process_group():
+        first = train(cfg, run_dir, deadline=time.time() - 1)
+        second = train(cfg, run_dir)
     if rank == 0:
         log["end_reasons"] = [first["end_reason"], second["end_reason"]]
     Path(f"{out}.{rank}").write_text(json.dumps(log))

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +99,52 @@ def init_distributed() -> tuple[int, int]:
                          ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, default)
     if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(free_port())
+        os.environ["MASTER_PORT"] = _chosen_port["port"] = str(free_port())
     if device_kind() == "cuda":
         torch.cuda.set_device(local_device_index())  # NCCL binds each rank's communicator to it
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device_kind() == "cuda" else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+@contextlib.contextmanager
+def joined_process_group() -> Iterator[tuple[int, int]]:
+    """`init_distributed` for the length of a `with` block, yielding (rank, world).
+
+    A group this block created is ended when it leaves: a process that exits with a live gloo or
+    NCCL group can abort in the group's destructor after its work is done ("terminate called
+    without an active exception"), so a finished job would read as failed. It is ended after a
+    failure too, except under NCCL, where ending a communicator that a peer may still be waiting
+    on can hang; the process is about to exit there anyway. A group the caller made before the
+    block (a test, a launcher) is left to its owner.
+    """
+    import torch.distributed as dist
+
+    ours = not dist.is_initialized()
+    rank, world = init_distributed()
+    try:
+        yield rank, world
+    except BaseException:
+        if ours and dist.is_initialized() and dist.get_backend() != "nccl":
+            end_process_group()
+        raise
+    if ours:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy the default process group (after this rank's GPU work is done) so that a later
+    `init_distributed` in the same process makes a new one."""
+    import deepspeed.comm
+
+    if device_kind() == "cuda":
+        torch.cuda.synchronize()
+    deepspeed.comm.destroy_process_group()
+    if os.environ.get("MASTER_PORT") == _chosen_port.get("port"):
+        del os.environ["MASTER_PORT"]  # a port this process chose for itself is chosen again
+
+
+_chosen_port: dict[str, str] = {}
 
 
 def free_port() -> int:

@@ -64,7 +64,7 @@ from scaling.train.bad_clips import BadClips, TooManyBadClips
 from scaling.train.checkpoint import Checkpoints, set_rng_state
 from scaling.train.clipping import clip_per_parameter, loss_scale
 from scaling.train.consolidate import save_consolidated
-from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, init_distributed
+from scaling.train.engine import build_ds_config, build_engine, device_kind, grad_norm_before_step, joined_process_group
 from scaling.train.gns import GradientNoiseScale
 from scaling.train.gradcache import cached_micro_steps
 from scaling.train.throughput import Throughput
@@ -116,11 +116,19 @@ def train(cfg: RunConfig, run_dir: str | Path, *, on_eval: Callable[[int, dict],
     Every rank of the process group calls this; rank 0 alone writes the run directory and logs
     (through `logging`, which `scaling.logs.setup` routes to stdout). `on_eval(step, metrics)` runs
     on rank 0 after each evaluation and may raise StopRun (sweeps use it for pruning).
+
+    The process group is joined here and, if this call made it, ended before it returns
+    (`joined_process_group`); a caller's own group is left alive.
     """
     started = time.time()  # cancel requests older than this (and than the job's submission) are stale
     logs.setup()
-    run_dir = Path(run_dir)
-    rank, world = init_distributed()
+    with joined_process_group() as (rank, world):
+        return _train(cfg, Path(run_dir), rank, world, started, on_eval, deadline, baseline_cache)
+
+
+def _train(cfg: RunConfig, run_dir: Path, rank: int, world: int, started: float,
+           on_eval: Callable[[int, dict], None] | None, deadline: float | None,
+           baseline_cache: Path | None) -> dict[str, Any]:
     deadline = from_rank0(deadline)
     ranks = gather_to_all(rd.rank_placement(rank))
     if rank == 0:

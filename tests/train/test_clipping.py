@@ -58,34 +58,34 @@ def _rank(rank: int, port: int, out: str) -> None:
     import deepspeed
 
     from scaling.train.clipping import clip_per_parameter
-    from scaling.train.engine import init_distributed
+    from scaling.train.engine import joined_process_group
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    init_distributed()
-    results = []
-    for stage, precision, persistence in CASES:
-        cfg = RunConfig.load(None, [*TINY, f"zero_stage={stage}", f"precision={precision}", "world_size=2",
-                                    "micro_batch=2", "clip_mode=per_param", f"clip_grad={CLIP}"])
-        ds = build_ds_config(cfg, 2, device="cuda" if precision == "bf16" else "cpu")
-        if persistence is not None:
-            ds["zero_optimization"]["stage3_param_persistence_threshold"] = persistence
-        torch.manual_seed(0)
-        model = Linear()
-        before = [p.detach().clone() for p in model.ps]
-        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-                                          config=ds)
-        norm = None
-        for m in range(cfg.accumulation):
-            engine.backward(engine(_weights(rank, m)))
-            if engine.is_gradient_accumulation_boundary():
-                norm = clip_per_parameter(engine, cfg.clip_grad)
-            engine.step()
-        with deepspeed.zero.GatheredParameters(list(model.ps)):
-            updates = [(b - p.detach().float()).tolist() for b, p in zip(before, model.ps)]
-        results.append({"case": [stage, precision, persistence], "gradient_clipping": ds["gradient_clipping"],
-                        "updates": updates, "norm": float(norm), "optimizer": type(engine.optimizer).__name__})
-    Path(f"{out}.{rank}").write_text(json.dumps(results))
+    with joined_process_group():
+        results = []
+        for stage, precision, persistence in CASES:
+            cfg = RunConfig.load(None, [*TINY, f"zero_stage={stage}", f"precision={precision}", "world_size=2",
+                                        "micro_batch=2", "clip_mode=per_param", f"clip_grad={CLIP}"])
+            ds = build_ds_config(cfg, 2, device="cuda" if precision == "bf16" else "cpu")
+            if persistence is not None:
+                ds["zero_optimization"]["stage3_param_persistence_threshold"] = persistence
+            torch.manual_seed(0)
+            model = Linear()
+            before = [p.detach().clone() for p in model.ps]
+            engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                                              config=ds)
+            norm = None
+            for m in range(cfg.accumulation):
+                engine.backward(engine(_weights(rank, m)))
+                if engine.is_gradient_accumulation_boundary():
+                    norm = clip_per_parameter(engine, cfg.clip_grad)
+                engine.step()
+            with deepspeed.zero.GatheredParameters(list(model.ps)):
+                updates = [(b - p.detach().float()).tolist() for b, p in zip(before, model.ps)]
+            results.append({"case": [stage, precision, persistence], "gradient_clipping": ds["gradient_clipping"],
+                            "updates": updates, "norm": float(norm), "optimizer": type(engine.optimizer).__name__})
+        Path(f"{out}.{rank}").write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module")

@@ -69,37 +69,37 @@ def exact_b_simple() -> tuple[float, float, float]:
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     import deepspeed
 
-    from scaling.train.engine import build_ds_config, grad_norm_before_step, init_distributed
+    from scaling.train.engine import build_ds_config, grad_norm_before_step, joined_process_group
     from scaling.train.gns import GradientNoiseScale
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    init_distributed()
-    x, y = _population()
-    results = {}
-    for stage in STAGES:
-        cfg = RunConfig.load(None, [*TINY, f"zero_stage={stage}", "precision=fp32", f"world_size={world}",
-                                    f"micro_batch={MICRO}", f"global_batch={GLOBAL}"])
-        model = MLP()
-        engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                                          config=build_ds_config(cfg, world, device="cpu"))
-        gns = GradientNoiseScale(engine.module, MICRO, GLOBAL, cfg.accumulation, ema=0.99)
-        first = None
-        for step in range(STEPS):
-            gns.arm()
-            measured = None
-            for m in range(cfg.accumulation):
-                i = _indices(step, rank, m)
-                engine.backward(engine(x[i], y[i]))
-                if engine.is_gradient_accumulation_boundary():
-                    measured = grad_norm_before_step(engine)
-                engine.step()
-            norm = engine.get_global_grad_norm() if measured is None else measured
-            logged = gns.measure(norm)
-            if first is None:
-                first = {"small_sq": gns.last[0], "big_sq": gns.last[1], **logged}
-        results[stage] = {"first": first, "summary": gns.summary(), "accumulation": cfg.accumulation}
-    Path(f"{out}.{rank}").write_text(json.dumps(results))
+    with joined_process_group():
+        x, y = _population()
+        results = {}
+        for stage in STAGES:
+            cfg = RunConfig.load(None, [*TINY, f"zero_stage={stage}", "precision=fp32", f"world_size={world}",
+                                        f"micro_batch={MICRO}", f"global_batch={GLOBAL}"])
+            model = MLP()
+            engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                                              config=build_ds_config(cfg, world, device="cpu"))
+            gns = GradientNoiseScale(engine.module, MICRO, GLOBAL, cfg.accumulation, ema=0.99)
+            first = None
+            for step in range(STEPS):
+                gns.arm()
+                measured = None
+                for m in range(cfg.accumulation):
+                    i = _indices(step, rank, m)
+                    engine.backward(engine(x[i], y[i]))
+                    if engine.is_gradient_accumulation_boundary():
+                        measured = grad_norm_before_step(engine)
+                    engine.step()
+                norm = engine.get_global_grad_norm() if measured is None else measured
+                logged = gns.measure(norm)
+                if first is None:
+                    first = {"small_sq": gns.last[0], "big_sq": gns.last[1], **logged}
+            results[stage] = {"first": first, "summary": gns.summary(), "accumulation": cfg.accumulation}
+        Path(f"{out}.{rank}").write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["1rank", "2ranks"])

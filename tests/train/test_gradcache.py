@@ -58,13 +58,13 @@ def _reference_grads(objective, module, batches, seed, span, generator, world):
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
-    from scaling.train.engine import init_distributed
+    from scaling.train.engine import joined_process_group
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    init_distributed()
-    results = {case: _case(case, rank, world) for case in ("replay", "big_batch")}
-    Path(f"{out}.{rank}").write_text(json.dumps(results))
+    with joined_process_group():
+        results = {case: _case(case, rank, world) for case in ("replay", "big_batch")}
+        Path(f"{out}.{rank}").write_text(json.dumps(results))
 
 
 def _case(case: str, rank: int, world: int) -> dict:
