@@ -133,7 +133,7 @@ import sys, torch
 from scaling.config import RunConfig
 from scaling.models import build_model
 from scaling.train.consolidate import consolidated_state_dict
-from scaling.train.engine import build_ds_config, build_engine, init_distributed
+from scaling.train.engine import build_ds_config, build_engine, end_process_group, init_distributed
 init_distributed()
 cfg = RunConfig.load(None, sys.argv[2:])
 ds = build_ds_config(cfg, 1)
@@ -153,6 +153,7 @@ with torch.no_grad():
 state = consolidated_state_dict(engine)
 module = {k: v.float() for k, v in engine.module.state_dict().items()}
 torch.save({"state": state, "masters": masters, "module": module}, sys.argv[1])
+end_process_group()
 """
 
 

@@ -24,7 +24,7 @@ import json, sys, torch
 from scaling.config import RunConfig
 from scaling.models import build_model
 from scaling.train.consolidate import fp32_master_params
-from scaling.train.engine import build_ds_config, build_engine, init_distributed
+from scaling.train.engine import build_ds_config, build_engine, end_process_group, init_distributed
 init_distributed()
 out = []
 for precision in ("fp32", "bf16"):
@@ -50,6 +50,7 @@ for precision in ("fp32", "bf16"):
             "adam_steps": sorted({int(s["step"]) for s in inner.state.values() if "step" in s}),
         })
 print(json.dumps(out))
+end_process_group()
 """
 
 

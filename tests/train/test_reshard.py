@@ -29,7 +29,7 @@ from scaling.config import RunConfig
 from scaling.models import build_model
 from scaling.objectives import build_objective
 from scaling.train.checkpoint import Checkpoints
-from scaling.train.engine import build_ds_config, build_engine, init_distributed
+from scaling.train.engine import build_ds_config, build_engine, end_process_group, init_distributed
 
 run_dir, step, micro = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 init_distributed()
@@ -44,6 +44,7 @@ with deepspeed.zero.GatheredParameters(params, enabled=hasattr(params[0], "ds_id
 diff = {k: float((mine[k] - truth[k].float()).abs().max()) if mine[k].numel() else 0.0 for k in truth}
 print(json.dumps({"diff": diff, "missing": sorted(set(truth) - set(mine)),
                   "universal_left": (run_dir / "checkpoints" / "universal").exists()}))
+end_process_group()
 """
 
 
